@@ -1,0 +1,11 @@
+use outbox::OutboxEvent;
+use serde::Serialize;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox_event = "files.file-uploaded.v1"]
+struct FileUploadedV1 {
+    #[outbox_event(aggregate_id)]
+    file_upload_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use outbox::OutboxEvent;
+use serde::Serialize;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox_event(topic = "files.file-uploaded.v1", aggregate = "file_upload")]
+struct FileUploadedV1 {
+    #[outbox_event(aggregate_id, key)]
+    file_upload_id: u64,
+}
+
+fn main() {}

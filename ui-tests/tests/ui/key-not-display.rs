@@ -1,0 +1,13 @@
+use outbox::OutboxEvent;
+use serde::Serialize;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox_event(topic = "files.file-uploaded.v1", aggregate = "file_upload")]
+struct FileUploadedV1 {
+    #[outbox_event(aggregate_id)]
+    file_upload_id: u64,
+    #[outbox_event(key)]
+    batch_ids: Vec<String>,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use outbox::OutboxEvent;
+use serde::Serialize;
+
+#[derive(Serialize, OutboxEvent)]
+struct FileUploadedV1 {
+    #[outbox_event(aggregate_id)]
+    file_upload_id: u64,
+}
+
+fn main() {}
