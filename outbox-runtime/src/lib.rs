@@ -1,7 +1,28 @@
 //! Runtime of the `outbox` framework. Use it through the `outbox` facade
 //! crate, which re-exports everything here.
 
+pub mod context;
+pub mod envelope;
+pub mod error;
 pub mod event;
+pub mod identifier;
+pub mod migrate;
+pub mod outbox;
+pub mod publish;
 pub mod registry;
+pub mod relay;
+pub mod topic;
+mod wake;
 
+pub use context::PublishContext;
+pub use envelope::{Envelope, EnvelopeMetadata};
+pub use error::{ConfigError, MigrateError, PublishError, RelayError};
 pub use event::{EventRegistration, OutboxEvent};
+pub use identifier::SchemaName;
+pub use migrate::{migrate, migrate_in_schema, MIGRATOR};
+pub use outbox::{Outbox, OutboxBuilder};
+pub use publish::{EventBatch, TransactionalPublish};
+pub use relay::{
+    DeadEventPolicy, Relay, RelayConfig, RelayCounters, RelayHandle, RelayStats, Retention,
+};
+pub use topic::{create_registry_topics, create_topics, validate_topic_name, TopicError};

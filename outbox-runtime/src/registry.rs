@@ -144,7 +144,11 @@ mod tests {
         core::any::TypeId::of::<()>()
     }
 
-    const fn reg(rust_type: &'static str, event_type: &'static str, topic: &'static str) -> EventRegistration {
+    const fn reg(
+        rust_type: &'static str,
+        event_type: &'static str,
+        topic: &'static str,
+    ) -> EventRegistration {
         EventRegistration::new(rust_type, event_type, topic, "batch", 1, "", tid, None)
     }
 
@@ -163,17 +167,27 @@ mod tests {
         let err = validate_registrations(&[&A, &B, &D]).unwrap_err();
         assert_eq!(
             err.conflicts,
-            vec![RegistryConflict::DuplicateEventType { event_type: "Added", first: "a::Added", second: "b::Added" }]
+            vec![RegistryConflict::DuplicateEventType {
+                event_type: "Added",
+                first: "a::Added",
+                second: "b::Added"
+            }]
         );
         let text = err.to_string();
-        assert!(text.contains("a::Added") && text.contains("b::Added"), "{text}");
+        assert!(
+            text.contains("a::Added") && text.contains("b::Added"),
+            "{text}"
+        );
     }
 
     #[test]
     fn topic_mismatch_is_reported_with_both_topics() {
         let err = validate_registrations(&[&A, &C]).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("t.added") && text.contains("t.other"), "{text}");
+        assert!(
+            text.contains("t.added") && text.contains("t.other"),
+            "{text}"
+        );
     }
 
     #[test]

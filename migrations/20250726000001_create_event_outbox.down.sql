@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS event_outbox_relay;
+DROP TABLE IF EXISTS event_outbox_lease;
+DROP TABLE IF EXISTS event_outbox;

@@ -1,0 +1,214 @@
+//! Shard leases: how relay instances split the work without breaking order.
+//!
+//! Every row hashes its aggregate to one of [`SHARDS`] shards. A relay only
+//! claims rows of shards it holds a lease on; a lease has one owner, so one
+//! aggregate is only ever published by one relay at a time. Each live
+//! instance takes a fair share (`ceil(SHARDS / live)`), renews its leases
+//! every third of the TTL, gives back extras between batches (never with a
+//! batch in flight), and stops claiming when its lease is about to expire.
+//! A crashed instance's shards become free when its leases expire.
+
+use crate::identifier::Names;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Number of shards aggregates are hashed into (fixed by the migration).
+pub const SHARDS: i64 = 64;
+
+#[derive(Debug)]
+pub(crate) struct Leases {
+    instance_id: Uuid,
+    hostname: String,
+    ttl: Duration,
+    /// A batch may start only if it can finish this long before expiry.
+    safety: Duration,
+    owned: Vec<i16>,
+    valid_until: Option<Instant>,
+    last_maintained: Option<Instant>,
+    fair_share: usize,
+    sql: LeaseSql,
+}
+
+#[derive(Debug)]
+struct LeaseSql {
+    heartbeat: String,
+    forget_dead: String,
+    live: String,
+    renew: String,
+    release_some: String,
+    acquire: String,
+    release_all: String,
+    unregister: String,
+}
+
+impl Leases {
+    pub(crate) fn new(
+        names: &Names,
+        instance_id: Uuid,
+        ttl: Duration,
+        message_timeout: Duration,
+    ) -> Self {
+        let (lease, relay) = (&names.lease, &names.relay);
+        Self {
+            instance_id,
+            hostname: std::env::var("HOSTNAME").unwrap_or_default(),
+            ttl,
+            safety: message_timeout + Duration::from_secs(1),
+            owned: Vec::new(),
+            valid_until: None,
+            last_maintained: None,
+            fair_share: 0,
+            sql: LeaseSql {
+                heartbeat: format!(
+                    "INSERT INTO {relay} (instance_id, hostname) VALUES ($1, $2)
+                     ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now()"
+                ),
+                forget_dead: format!(
+                    "DELETE FROM {relay} WHERE heartbeat_at < now() - make_interval(secs => $1)"
+                ),
+                live: format!(
+                    "SELECT count(*) FROM {relay} WHERE heartbeat_at >= now() - make_interval(secs => $1)"
+                ),
+                renew: format!(
+                    "UPDATE {lease} SET expires_at = now() + make_interval(secs => $2)
+                     WHERE owner = $1 RETURNING shard"
+                ),
+                release_some: format!(
+                    "UPDATE {lease} SET owner = NULL, expires_at = '-infinity'
+                     WHERE owner = $1 AND shard = ANY($2)"
+                ),
+                acquire: format!(
+                    "UPDATE {lease} SET owner = $1, expires_at = now() + make_interval(secs => $2)
+                     WHERE shard IN (
+                         SELECT shard FROM {lease}
+                         WHERE owner IS NULL OR expires_at < now()
+                         ORDER BY shard LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     RETURNING shard"
+                ),
+                release_all: format!(
+                    "UPDATE {lease} SET owner = NULL, expires_at = '-infinity' WHERE owner = $1"
+                ),
+                unregister: format!("DELETE FROM {relay} WHERE instance_id = $1"),
+            },
+        }
+    }
+
+    /// Shards this instance may claim from now.
+    pub(crate) fn owned(&self) -> &[i16] {
+        &self.owned
+    }
+
+    /// Whether a batch started now is sure to finish while the leases hold.
+    pub(crate) fn usable(&self) -> bool {
+        !self.owned.is_empty()
+            && self
+                .valid_until
+                .is_some_and(|until| Instant::now() + self.safety < until)
+    }
+
+    /// When maintenance is due next: every third of the TTL, every second
+    /// while below the fair share.
+    pub(crate) fn next_maintenance(&self) -> Instant {
+        let every = if self.owned.len() < self.fair_share {
+            Duration::from_secs(1).min(self.ttl / 3)
+        } else {
+            self.ttl / 3
+        };
+        match self.last_maintained {
+            Some(at) => at + every,
+            None => Instant::now(),
+        }
+    }
+
+    /// Heartbeat, renew, and rebalance towards the fair share. Must only run
+    /// between batches.
+    pub(crate) async fn maintain(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let started = Instant::now();
+        let ttl = self.ttl.as_secs_f64();
+        let mut tx = pool.begin().await?;
+        sqlx::query(&self.sql.heartbeat)
+            .bind(self.instance_id)
+            .bind(&self.hostname)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&self.sql.forget_dead)
+            .bind(ttl * 2.0)
+            .execute(&mut *tx)
+            .await?;
+        let live: i64 = sqlx::query_scalar(&self.sql.live)
+            .bind(ttl)
+            .fetch_one(&mut *tx)
+            .await?;
+        let live = live.max(1);
+        let fair = usize::try_from((SHARDS + live - 1) / live).unwrap_or(1);
+        let mut owned: Vec<i16> = sqlx::query_scalar(&self.sql.renew)
+            .bind(self.instance_id)
+            .bind(ttl)
+            .fetch_all(&mut *tx)
+            .await?;
+        owned.sort_unstable();
+        if owned.len() > fair {
+            let extra = owned.split_off(fair);
+            sqlx::query(&self.sql.release_some)
+                .bind(self.instance_id)
+                .bind(&extra)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(
+                released = extra.len(),
+                kept = owned.len(),
+                live_relays = live,
+                "outbox relay gave shards back for rebalancing"
+            );
+        } else if owned.len() < fair {
+            let want = i64::try_from(fair - owned.len()).unwrap_or(0);
+            let got: Vec<i16> = sqlx::query_scalar(&self.sql.acquire)
+                .bind(self.instance_id)
+                .bind(ttl)
+                .bind(want)
+                .fetch_all(&mut *tx)
+                .await?;
+            if !got.is_empty() {
+                tracing::info!(
+                    acquired = got.len(),
+                    live_relays = live,
+                    "outbox relay took shard leases"
+                );
+            }
+            owned.extend(got);
+            owned.sort_unstable();
+        }
+        tx.commit().await?;
+        self.owned = owned;
+        self.fair_share = fair;
+        // Every expiry written above is at least `started + ttl` in real time.
+        self.valid_until = Some(started + self.ttl);
+        self.last_maintained = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Forget local leases (e.g. after a failed renewal), so nothing is
+    /// claimed until the next successful maintenance.
+    pub(crate) fn invalidate(&mut self) {
+        self.valid_until = None;
+        self.last_maintained = None;
+    }
+
+    /// Releases all leases and unregisters the instance (graceful shutdown).
+    pub(crate) async fn release_all(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&self.sql.release_all)
+            .bind(self.instance_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&self.sql.unregister)
+            .bind(self.instance_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.owned.clear();
+        self.valid_until = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! The relay: delivers committed outbox rows to Kafka, in order per
+//! aggregate, at least once.
+
+mod claim;
+mod config;
+mod lease;
+mod outcome;
+mod produce;
+mod stats;
+mod worker;
+
+pub use config::{DeadEventPolicy, RelayConfig, Retention};
+pub use lease::SHARDS;
+pub use stats::{RelayCounters, RelayStats};
+
+use crate::error::{ConfigError, RelayError};
+use crate::identifier::Names;
+use crate::registry;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// A relay instance, checked and ready to run.
+///
+/// ```no_run
+/// use outbox::{Relay, RelayConfig};
+/// use rdkafka::ClientConfig;
+///
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::RelayError> {
+/// let mut kafka = ClientConfig::new();
+/// kafka.set("bootstrap.servers", "127.0.0.1:9092");
+/// let relay = Relay::new(pool, kafka, RelayConfig::from_env()?).await?;
+/// let handle = relay.spawn();
+/// // ... serve requests ...
+/// handle.shutdown().await?; // finishes the batch in flight
+/// # Ok(()) }
+/// ```
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    config: RelayConfig,
+    names: Names,
+    instance_id: Uuid,
+    counters: Arc<RelayCounters>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("instance_id", &self.instance_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings the relay enforces on the producer for its guarantees.
+const REQUIRED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
+
+fn producer_config(
+    client: &ClientConfig,
+    config: &RelayConfig,
+) -> Result<(ClientConfig, Duration), ConfigError> {
+    let mut cc = client.clone();
+    for (key, want) in REQUIRED {
+        if let Some(value) = cc.get(key) {
+            let ok = value == want || (key == "acks" && value == "-1");
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    setting: key,
+                    reason: format!(
+                        "the relay requires {key}={want} for ordered, loss-free delivery; remove the override {key}={value}"
+                    ),
+                });
+            }
+        }
+        cc.set(key, want);
+    }
+    let timeout = match cc.get("message.timeout.ms") {
+        Some(ms) => Duration::from_millis(ms.parse::<u64>().map_err(|_| ConfigError::Invalid {
+            setting: "message.timeout.ms",
+            reason: format!("{ms:?} is not a number of milliseconds"),
+        })?),
+        None => {
+            let ms = config.message_timeout.as_millis().to_string();
+            cc.set("message.timeout.ms", ms);
+            config.message_timeout
+        }
+    };
+    if config.lease_ttl < timeout * 2 + Duration::from_secs(1) {
+        return Err(ConfigError::Invalid {
+            setting: "message.timeout.ms",
+            reason: format!(
+                "{timeout:?} is too long for lease_ttl {:?}; lower message.timeout.ms or raise OUTBOX_LEASE_TTL_SECONDS",
+                config.lease_ttl
+            ),
+        });
+    }
+    Ok((cc, timeout))
+}
+
+impl Relay {
+    /// Validates the registry and settings, checks the outbox tables exist
+    /// and are writable, and creates the idempotent producer
+    /// (`enable.idempotence=true`, `acks=all` are enforced).
+    pub async fn new(
+        pool: PgPool,
+        client_config: ClientConfig,
+        mut config: RelayConfig,
+    ) -> Result<Self, RelayError> {
+        config.validate()?;
+        registry::validate()?;
+        let (cc, timeout) = producer_config(&client_config, &config)?;
+        config.message_timeout = timeout;
+        let names = Names::new(config.schema.as_ref());
+        check_tables(&pool, &names).await?;
+        let producer: FutureProducer =
+            cc.create().map_err(|source| RelayError::Kafka { source })?;
+        Ok(Self {
+            pool,
+            producer,
+            config,
+            names,
+            instance_id: Uuid::new_v4(),
+            counters: RelayCounters::shared(),
+        })
+    }
+
+    /// This instance's id (as in `event_outbox_relay` and lease owners).
+    pub fn instance_id(&self) -> Uuid {
+        self.instance_id
+    }
+
+    /// Live counters, shared with the running relay.
+    pub fn counters(&self) -> Arc<RelayCounters> {
+        self.counters.clone()
+    }
+
+    /// Runs the relay on the current task until `shutdown` resolves, then
+    /// finishes the batch in flight, gives its shard leases back and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> RelayStats {
+        let (tx, rx) = watch::channel(false);
+        let counters = self.counters.clone();
+        let worker = worker::Worker::new(self, rx);
+        let run = worker.run();
+        tokio::pin!(run);
+        tokio::select! {
+            () = &mut run => {}
+            () = shutdown => {
+                let _ = tx.send(true);
+                run.await;
+            }
+        }
+        counters.snapshot()
+    }
+
+    /// Spawns the relay on the tokio runtime.
+    pub fn spawn(self) -> RelayHandle {
+        let (tx, rx) = watch::channel(false);
+        let counters = self.counters.clone();
+        let worker = worker::Worker::new(self, rx);
+        let join = tokio::spawn(worker.run());
+        RelayHandle {
+            shutdown: tx,
+            join,
+            counters,
+        }
+    }
+}
+
+async fn check_tables(pool: &PgPool, names: &Names) -> Result<(), RelayError> {
+    for table in [&names.outbox, &names.lease, &names.relay] {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .map_err(RelayError::db("checking that the outbox tables exist"))?;
+        if found.is_none() {
+            return Err(RelayError::MissingTable {
+                table: table.clone(),
+            });
+        }
+        let row: (String, bool, bool, bool, bool) = sqlx::query_as(
+            "SELECT current_user::text,
+                    has_table_privilege($1, 'SELECT'), has_table_privilege($1, 'INSERT'),
+                    has_table_privilege($1, 'UPDATE'), has_table_privilege($1, 'DELETE')",
+        )
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .map_err(RelayError::db("checking privileges on the outbox tables"))?;
+        let missing: Vec<&str> = [
+            ("SELECT", row.1),
+            ("INSERT", row.2),
+            ("UPDATE", row.3),
+            ("DELETE", row.4),
+        ]
+        .into_iter()
+        .filter(|(_, has)| !has)
+        .map(|(p, _)| p)
+        .collect();
+        if !missing.is_empty() {
+            return Err(RelayError::MissingPrivileges {
+                role: row.0,
+                table: table.clone(),
+                missing: missing.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    shutdown: watch::Sender<bool>,
+    join: JoinHandle<()>,
+    counters: Arc<RelayCounters>,
+}
+
+impl RelayHandle {
+    /// Live counters.
+    pub fn stats(&self) -> RelayStats {
+        self.counters.snapshot()
+    }
+
+    /// Live counters, shareable (e.g. with a metrics exporter).
+    pub fn counters(&self) -> Arc<RelayCounters> {
+        self.counters.clone()
+    }
+
+    /// Whether the relay task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Asks the relay to stop, waits for the batch in flight to be produced
+    /// and marked, and for its leases to be given back.
+    pub async fn shutdown(self) -> Result<RelayStats, RelayError> {
+        let _ = self.shutdown.send(true);
+        self.join
+            .await
+            .map_err(|e| RelayError::Task(e.to_string()))?;
+        Ok(self.counters.snapshot())
+    }
+
+    /// Stops the relay abruptly, as a crash would (for tests of crash
+    /// safety): nothing is marked, leases are left to expire.
+    pub fn abort(self) {
+        self.join.abort();
+    }
+}

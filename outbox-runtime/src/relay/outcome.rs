@@ -1,0 +1,127 @@
+//! Recording what happened to a produced batch.
+
+use crate::identifier::Names;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// How one row's attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Failure {
+    /// The row itself is unusable (bad topic, malformed envelope): dead now.
+    Permanent(String),
+    /// The broker or client rejected this message: counts as an attempt.
+    Counted(String),
+    /// The broker was unreachable for the whole batch: not the event's
+    /// fault, not counted; the relay backs off as a whole.
+    Uncounted(String),
+}
+
+/// One failed row and what to write for it.
+#[derive(Debug, Clone)]
+pub(crate) struct FailedRow {
+    pub seq: i64,
+    pub increment: i32,
+    pub error: String,
+    pub delay: Duration,
+    pub dead: bool,
+}
+
+/// Retry timing: exponential from `base`, doubling, capped at `max`, with
+/// jitter (backon's schedule); the delay is stored on the row.
+pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+    ExponentialBuilder::default()
+        .with_min_delay(base)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(index)
+        .unwrap_or(max)
+        .min(max + max / 2)
+}
+
+pub(crate) struct OutcomeSql {
+    delete: String,
+    mark_published: String,
+    fail: String,
+}
+
+impl OutcomeSql {
+    pub(crate) fn new(names: &Names) -> Self {
+        let outbox = &names.outbox;
+        Self {
+            delete: format!("DELETE FROM {outbox} WHERE seq = ANY($1)"),
+            mark_published: format!(
+                "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL
+                 WHERE seq = ANY($1)"
+            ),
+            fail: format!(
+                "UPDATE {outbox} AS o
+                 SET retry_count = o.retry_count + f.inc,
+                     last_error = f.err,
+                     next_attempt_at = now() + make_interval(secs => f.delay),
+                     state = CASE WHEN f.dead THEN 'dead' ELSE o.state END
+                 FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::bool[])
+                      AS f(seq, inc, err, delay, dead)
+                 WHERE o.seq = f.seq AND o.state = 'pending'"
+            ),
+        }
+    }
+
+    /// Marks delivered rows (delete or keep) and failed rows in one
+    /// transaction.
+    pub(crate) async fn record(
+        &self,
+        pool: &PgPool,
+        delivered: &[i64],
+        keep_published: bool,
+        failed: &[FailedRow],
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        if !delivered.is_empty() {
+            let sql = if keep_published {
+                &self.mark_published
+            } else {
+                &self.delete
+            };
+            sqlx::query(sql).bind(delivered).execute(&mut *tx).await?;
+        }
+        if !failed.is_empty() {
+            sqlx::query(&self.fail)
+                .bind(failed.iter().map(|f| f.seq).collect::<Vec<_>>())
+                .bind(failed.iter().map(|f| f.increment).collect::<Vec<_>>())
+                .bind(failed.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
+                .bind(
+                    failed
+                        .iter()
+                        .map(|f| f.delay.as_secs_f64())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(failed.iter().map(|f| f.dead).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_bounded() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        let first = retry_delay(base, max, 1);
+        assert!(first >= base && first <= base * 2, "{first:?}");
+        let fourth = retry_delay(base, max, 4);
+        assert!(fourth >= base * 8, "{fourth:?}");
+        for attempt in 1..40 {
+            assert!(retry_delay(base, max, attempt) <= max + max / 2);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Producing a claimed batch: enqueue everything, await the delivery
+//! reports together, classify each outcome.
+
+use super::claim::ClaimedRow;
+use super::outcome::Failure;
+use crate::topic::validate_topic_name;
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// What happened to one claimed row.
+#[derive(Debug)]
+pub(crate) enum RowOutcome {
+    Delivered,
+    Failed(Failure),
+    /// Not produced because an earlier row of its aggregate failed in this
+    /// batch; stays pending untouched.
+    Held,
+}
+
+/// Errors meaning "the broker could not be reached", not "this message was
+/// refused".
+fn is_infrastructure(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageTimedOut
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::Resolve
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::BrokerNotAvailable
+            | C::OperationTimedOut
+    )
+}
+
+fn classify(error: &KafkaError) -> Failure {
+    let text = error.to_string();
+    match error.rdkafka_error_code() {
+        Some(code) if is_infrastructure(code) => Failure::Uncounted(text),
+        _ => Failure::Counted(text),
+    }
+}
+
+fn headers_for(row: &ClaimedRow) -> OwnedHeaders {
+    let id = row.id.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: "event_id",
+            value: Some(id.as_bytes()),
+        })
+        .insert(Header {
+            key: "event_type",
+            value: Some(row.event_type.as_bytes()),
+        })
+        .insert(Header {
+            key: "aggregate_type",
+            value: Some(row.aggregate_type.as_bytes()),
+        })
+        .insert(Header {
+            key: "aggregate_id",
+            value: Some(row.aggregate_id.as_bytes()),
+        });
+    for name in ["correlation_id", "traceparent", "tracestate"] {
+        if let Some(value) = row.headers.get(name).and_then(|v| v.as_str()) {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+    }
+    headers
+}
+
+enum Pending {
+    Sent(DeliveryFuture),
+    Done(RowOutcome),
+}
+
+/// Produces `rows` in order. Rows of an aggregate that already failed in
+/// this batch are held back, so a retried event is never overtaken by a
+/// later event of its aggregate that was enqueued after the failure.
+pub(crate) async fn produce_batch(
+    producer: &FutureProducer,
+    topic_prefix: &str,
+    rows: &[ClaimedRow],
+) -> Vec<RowOutcome> {
+    let mut failed_aggregates: HashSet<(&str, &str)> = HashSet::new();
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in rows {
+        let aggregate = (row.aggregate_type.as_str(), row.aggregate_id.as_str());
+        if failed_aggregates.contains(&aggregate) {
+            pending.push(Pending::Done(RowOutcome::Held));
+            continue;
+        }
+        if let Some(failure) = check_row(row) {
+            failed_aggregates.insert(aggregate);
+            pending.push(Pending::Done(RowOutcome::Failed(failure)));
+            continue;
+        }
+        let topic = format!("{topic_prefix}{}", row.topic);
+        match enqueue(producer, &topic, row).await {
+            Ok(future) => pending.push(Pending::Sent(future)),
+            Err(error) => {
+                failed_aggregates.insert(aggregate);
+                pending.push(Pending::Done(RowOutcome::Failed(classify(&error))));
+            }
+        }
+    }
+    let outcomes = join_all(pending.into_iter().map(|p| async move {
+        match p {
+            Pending::Done(outcome) => outcome,
+            Pending::Sent(future) => match future.await {
+                Ok(Ok(_)) => RowOutcome::Delivered,
+                Ok(Err((error, _message))) => RowOutcome::Failed(classify(&error)),
+                Err(_canceled) => RowOutcome::Failed(Failure::Uncounted(
+                    "the Kafka producer was dropped before delivering".into(),
+                )),
+            },
+        }
+    }))
+    .await;
+    outcomes
+}
+
+/// Rejects rows that can never be delivered as they are.
+fn check_row(row: &ClaimedRow) -> Option<Failure> {
+    if let Err(reason) = validate_topic_name(&row.topic) {
+        return Some(Failure::Permanent(format!(
+            "invalid topic in outbox row: {reason}; correct the row's topic and run `outbox retry {}`",
+            row.id
+        )));
+    }
+    if !row.envelope_ok {
+        return Some(Failure::Permanent(format!(
+            "malformed envelope in outbox row: event_data must be a JSON object with event_id, \
+             event_type and data (see docs/envelope.md); correct it and run `outbox retry {}`",
+            row.id
+        )));
+    }
+    None
+}
+
+async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    row: &ClaimedRow,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut record = FutureRecord::to(topic)
+        .key(row.key.as_str())
+        .payload(row.payload.as_str())
+        .headers(headers_for(row));
+    loop {
+        match producer.send_result(record) {
+            Ok(future) => return Ok(future),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                // The local queue is full: wait for deliveries to drain it.
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_infrastructure_and_size_is_the_message() {
+        let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(classify(&timeout), Failure::Uncounted(_)));
+        let big = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(classify(&big), Failure::Counted(_)));
+    }
+}

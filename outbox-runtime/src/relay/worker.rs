@@ -1,0 +1,411 @@
+//! The relay loop: maintain leases, claim, produce, record, wait.
+
+use super::claim::{claim, claim_sql, ClaimedRow};
+use super::config::{DeadEventPolicy, Retention};
+use super::lease::Leases;
+use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
+use super::produce::{produce_batch, RowOutcome};
+use super::stats::RelayCounters;
+use super::{Relay, RelayConfig};
+use crate::identifier::Names;
+use crate::wake;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use rdkafka::producer::{FutureProducer, Producer};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+use tracing::Instrument;
+use uuid::Uuid;
+
+const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(30);
+const RETENTION_SWEEP_ROWS: i64 = 5_000;
+
+pub(crate) struct Worker {
+    pool: PgPool,
+    producer: FutureProducer,
+    config: RelayConfig,
+    names: Names,
+    instance_id: Uuid,
+    counters: Arc<RelayCounters>,
+    claim_sql: String,
+    outcome_sql: OutcomeSql,
+    retention_sql: String,
+    leases: Leases,
+    shutdown: watch::Receiver<bool>,
+    local: watch::Receiver<u64>,
+    listener: Option<PgListener>,
+    listener_retry_at: Instant,
+    backoff: ExponentialBackoff,
+    trailing_until: Option<Instant>,
+    next_retention: Instant,
+}
+
+struct BatchResult {
+    claimed: usize,
+    broker_unreachable: bool,
+}
+
+fn infra_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Worker {
+    pub(crate) fn new(relay: Relay, shutdown: watch::Receiver<bool>) -> Self {
+        let Relay {
+            pool,
+            producer,
+            config,
+            names,
+            instance_id,
+            counters,
+        } = relay;
+        let leases = Leases::new(
+            &names,
+            instance_id,
+            config.lease_ttl,
+            config.message_timeout,
+        );
+        let mut local = wake::subscribe_local();
+        local.borrow_and_update();
+        Self {
+            claim_sql: claim_sql(&names),
+            outcome_sql: OutcomeSql::new(&names),
+            retention_sql: format!(
+                "DELETE FROM {o} WHERE seq IN (
+                     SELECT seq FROM {o} WHERE state = 'published'
+                       AND published_at < now() - make_interval(secs => $1)
+                     LIMIT $2)",
+                o = names.outbox
+            ),
+            leases,
+            pool,
+            producer,
+            config,
+            names,
+            instance_id,
+            counters,
+            shutdown,
+            local,
+            listener: None,
+            listener_retry_at: Instant::now(),
+            backoff: infra_backoff(),
+            trailing_until: None,
+            next_retention: Instant::now(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) async fn run(mut self) {
+        tracing::info!(instance_id = %self.instance_id, batch_size = self.config.batch_size, "outbox relay started");
+        while !self.stopping() {
+            self.counters.tick();
+            if Instant::now() >= self.leases.next_maintenance() {
+                if let Err(error) = self.leases.maintain(&self.pool).await {
+                    self.leases.invalidate();
+                    self.transient("renewing shard leases", &error).await;
+                    continue;
+                }
+            }
+            self.ensure_listener().await;
+            let mut drained = true;
+            if self.leases.usable() {
+                match self.run_batch().await {
+                    Ok(result) if result.broker_unreachable => {
+                        self.pause().await;
+                        continue;
+                    }
+                    Ok(result) => {
+                        self.backoff = infra_backoff();
+                        drained = result.claimed == 0;
+                    }
+                    Err(error) => {
+                        self.transient("claiming or recording a batch", &error)
+                            .await;
+                        continue;
+                    }
+                }
+            }
+            if !drained {
+                continue;
+            }
+            self.sweep_retention().await;
+            self.idle().await;
+        }
+        self.finish().await;
+    }
+
+    async fn finish(&mut self) {
+        // Nothing is in flight here: batches are awaited before the loop
+        // checks for shutdown.
+        if let Err(error) = self.leases.release_all(&self.pool).await {
+            tracing::warn!(%error, "outbox relay could not give its leases back; they expire after the TTL");
+        }
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        tracing::info!(instance_id = %self.instance_id, "outbox relay stopped");
+    }
+
+    async fn transient(&mut self, action: &str, error: &(dyn std::fmt::Display + Sync)) {
+        self.counters.error();
+        tracing::warn!(action, %error, "outbox relay error; backing off and retrying");
+        self.pause().await;
+    }
+
+    /// Sleeps for the next back-off delay, or until shutdown.
+    async fn pause(&mut self) {
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(30));
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    async fn ensure_listener(&mut self) {
+        if !self.config.listen || self.listener.is_some() || Instant::now() < self.listener_retry_at
+        {
+            return;
+        }
+        let connected = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(&self.names.channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match connected {
+            Ok(listener) => self.listener = Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay could not LISTEN for wake-ups; polling until it can");
+                self.listener_retry_at = Instant::now() + Duration::from_secs(5);
+            }
+        }
+    }
+
+    async fn idle(&mut self) {
+        let now = Instant::now();
+        let mut deadline = (now + self.config.poll_interval).min(self.leases.next_maintenance());
+        if let Some(until) = self.trailing_until {
+            if until > now {
+                deadline = deadline.min(until);
+            } else {
+                self.trailing_until = None;
+            }
+        }
+        if matches!(self.config.retention, Retention::Keep(_)) {
+            deadline = deadline.min(self.next_retention);
+        }
+        let trailing = self.config.trailing_poll;
+        let mut shutdown = self.shutdown.clone();
+        let listener = &mut self.listener;
+        let notified = async {
+            match listener {
+                Some(l) => l.try_recv().await.map(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep_until(deadline.into()) => {}
+            _ = shutdown.changed() => {}
+            _ = self.local.changed() => {
+                self.trailing_until = Some(Instant::now() + trailing);
+            }
+            result = notified => {
+                match result {
+                    Ok(()) => self.trailing_until = Some(Instant::now() + trailing),
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay lost its LISTEN connection; reconnecting");
+                        self.listener = None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sweep_retention(&mut self) {
+        let Retention::Keep(keep) = self.config.retention else {
+            return;
+        };
+        if Instant::now() < self.next_retention {
+            return;
+        }
+        self.next_retention = Instant::now() + RETENTION_SWEEP_EVERY;
+        match sqlx::query(&self.retention_sql)
+            .bind(keep.as_secs_f64())
+            .bind(RETENTION_SWEEP_ROWS)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::debug!(deleted = done.rows_affected(), "outbox retention sweep");
+                if done.rows_affected() == u64::try_from(RETENTION_SWEEP_ROWS).unwrap_or(0) {
+                    self.next_retention = Instant::now();
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "outbox retention sweep failed; retrying later"),
+        }
+    }
+
+    async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
+        let dead_blocks = self.config.dead_event_policy == DeadEventPolicy::BlockAggregate;
+        let rows = claim(
+            &self.pool,
+            &self.claim_sql,
+            self.leases.owned(),
+            dead_blocks,
+            self.config.batch_size,
+        )
+        .await?;
+        if rows.is_empty() {
+            return Ok(BatchResult {
+                claimed: 0,
+                broker_unreachable: false,
+            });
+        }
+        let span = tracing::info_span!("outbox.relay.batch", events = rows.len(), instance_id = %self.instance_id);
+        self.deliver(rows).instrument(span).await
+    }
+
+    async fn deliver(&mut self, rows: Vec<ClaimedRow>) -> Result<BatchResult, sqlx::Error> {
+        let claimed = rows.len();
+        let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
+        let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
+        let mut delivered = Vec::with_capacity(claimed);
+        let mut failed = Vec::new();
+        let (mut retried, mut dead, mut uncounted) = (0u64, 0u64, 0usize);
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            match outcome {
+                RowOutcome::Delivered => delivered.push(row.seq),
+                RowOutcome::Held => {}
+                RowOutcome::Failed(failure) => {
+                    // Unreachable-broker errors next to successes concern
+                    // this message (e.g. a missing topic): count them.
+                    let failure = match failure {
+                        Failure::Uncounted(e) if any_delivered => Failure::Counted(e),
+                        other => other,
+                    };
+                    let f = self.failed_row(row, failure);
+                    if f.increment == 0 {
+                        uncounted += 1;
+                    } else if f.dead {
+                        dead += 1;
+                    } else {
+                        retried += 1;
+                    }
+                    failed.push(f);
+                }
+            }
+        }
+        let keep = matches!(self.config.retention, Retention::Keep(_));
+        self.record(&delivered, keep, &failed).await?;
+        self.counters.batch(delivered.len() as u64, retried, dead);
+        tracing::debug!(
+            claimed,
+            delivered = delivered.len(),
+            retried,
+            dead,
+            uncounted,
+            "outbox batch done"
+        );
+        Ok(BatchResult {
+            claimed,
+            broker_unreachable: !any_delivered && uncounted > 0,
+        })
+    }
+
+    /// Marks the batch; retried while the leases still cover the rows, since
+    /// the broker already has the messages.
+    async fn record(
+        &mut self,
+        delivered: &[i64],
+        keep: bool,
+        failed: &[FailedRow],
+    ) -> Result<(), sqlx::Error> {
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .outcome_sql
+                .record(&self.pool, delivered, keep, failed)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < 20 && self.leases.usable() => {
+                    attempt += 1;
+                    self.counters.error();
+                    tracing::warn!(%error, attempt, "outbox relay could not mark a delivered batch; retrying");
+                    let delay = self
+                        .backoff
+                        .next()
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(Duration::from_secs(2));
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, events = delivered.len(), "outbox relay gave up marking a delivered batch; its events will be delivered again");
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn failed_row(&self, row: &ClaimedRow, failure: Failure) -> FailedRow {
+        let attempts = u32::try_from(row.retry_count).unwrap_or(0) + 1;
+        let (increment, error, dead, delay) = match failure {
+            Failure::Permanent(error) => (1, error, true, Duration::ZERO),
+            Failure::Counted(error) => {
+                let dead = attempts > self.config.max_retries;
+                let delay = retry_delay(
+                    self.config.retry_backoff,
+                    self.config.max_retry_backoff,
+                    attempts,
+                );
+                (1, error, dead, delay)
+            }
+            Failure::Uncounted(error) => (0, error, false, Duration::ZERO),
+        };
+        if dead {
+            tracing::error!(
+                event_id = %row.id,
+                event_type = %row.event_type,
+                aggregate_type = %row.aggregate_type,
+                aggregate_id = %row.aggregate_id,
+                topic = %row.topic,
+                correlation_id = row.headers.get("correlation_id").and_then(|v| v.as_str()).unwrap_or(""),
+                attempts,
+                %error,
+                "outbox event is dead: it will not be retried automatically (see `outbox failed list`)"
+            );
+        } else if increment > 0 {
+            tracing::warn!(
+                event_id = %row.id,
+                event_type = %row.event_type,
+                aggregate_type = %row.aggregate_type,
+                aggregate_id = %row.aggregate_id,
+                topic = %row.topic,
+                attempts,
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                %error,
+                "outbox event delivery failed; will retry"
+            );
+        }
+        FailedRow {
+            seq: row.seq,
+            increment,
+            error,
+            delay,
+            dead,
+        }
+    }
+}
