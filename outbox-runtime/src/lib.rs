@@ -5,9 +5,9 @@ pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod handle;
 pub mod identifier;
 pub mod migrate;
-pub mod outbox;
 pub mod publish;
 pub mod registry;
 pub mod relay;
@@ -18,9 +18,9 @@ pub use context::PublishContext;
 pub use envelope::{Envelope, EnvelopeMetadata};
 pub use error::{ConfigError, MigrateError, PublishError, RelayError};
 pub use event::{EventRegistration, OutboxEvent};
+pub use handle::{Outbox, OutboxBuilder};
 pub use identifier::SchemaName;
 pub use migrate::{migrate, migrate_in_schema, MIGRATOR};
-pub use outbox::{Outbox, OutboxBuilder};
 pub use publish::{EventBatch, TransactionalPublish};
 pub use relay::{
     DeadEventPolicy, Relay, RelayConfig, RelayCounters, RelayHandle, RelayStats, Retention,

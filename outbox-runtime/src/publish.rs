@@ -3,7 +3,7 @@
 use crate::context::ResolvedContext;
 use crate::envelope::{Envelope, EnvelopeMetadata};
 use crate::error::PublishError;
-use crate::outbox::Outbox;
+use crate::handle::Outbox;
 use crate::{wake, OutboxEvent};
 use chrono::Utc;
 use serde::Serialize;
