@@ -1,0 +1,361 @@
+//! Guarantees under concurrency and faults (docs/guarantees.md): several
+//! relays in one process and in several processes killed with SIGKILL, lost
+//! database connections, a broker restart, bad rows inserted by hand, late
+//! commits of earlier sequence numbers, and secrets kept out of logs. Each
+//! scenario prints its tally.
+
+mod fixtures;
+mod support;
+
+use outbox::{Outbox, OutboxEvent, Relay};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox_event(topic = "faults.essay-graded.v1", aggregate = "essay")]
+struct EssayGradedV1 {
+    #[outbox_event(aggregate_id)]
+    essay_id: String,
+    seq: i64,
+}
+
+/// Writers owning disjoint aggregates commit `per_aggregate` events each,
+/// `per_tx` per transaction, optionally paced.
+fn spawn_writers(outbox: &Outbox, writers: usize, aggregates: usize, per_aggregate: i64, per_tx: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|w| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                for seq in 0..per_aggregate {
+                    for a in 0..aggregates {
+                        batch.push(EssayGradedV1 { essay_id: format!("e-{w}-{a}"), seq });
+                        if batch.len() == per_tx {
+                            let mut tx = outbox.transactional_publish().await.unwrap();
+                            tx.publish_all(&batch).await.unwrap();
+                            tx.commit().await.unwrap();
+                            batch.clear();
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let mut tx = outbox.transactional_publish().await.unwrap();
+                    tx.publish_all(&batch).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect()
+}
+
+struct Scenario {
+    db: support::TestDatabase,
+    prefix: String,
+    topics: Vec<String>,
+    outbox: Outbox,
+}
+
+async fn scenario(label: &str, bootstrap: &str, partitions: i32) -> Scenario {
+    support::init_tracing();
+    let db = support::TestDatabase::create(label).await;
+    outbox::migrate(&db.pool).await.unwrap();
+    let prefix = support::unique(label);
+    let topics = fixtures::prefixed_topics(&prefix);
+    support::create_topics(bootstrap, &topics, partitions).await;
+    let outbox = Outbox::new(db.pool.clone(), "faults");
+    Scenario { db, prefix, topics, outbox }
+}
+
+fn report(name: &str, committed: usize, all: &[support::Received]) -> fixtures::Tally {
+    let t = fixtures::tally(all);
+    println!(
+        "scenario={name} committed={committed} delivered={} duplicates={} order_violations={}",
+        t.received, t.duplicates, t.order_violations
+    );
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_relays_in_one_process_keep_order_while_rebalancing() {
+    let bootstrap = support::bootstrap_servers();
+    let s = scenario("multi", &bootstrap, 4).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let config = fixtures::relay_config(&s.prefix);
+    let spawn = || async { Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config.clone()).await.unwrap().spawn() };
+    let a = spawn().await;
+    let b = spawn().await;
+    let c = spawn().await;
+    let writers = spawn_writers(&s.outbox, 4, 20, 100, 20); // 8,000 events, 80 aggregates
+    collector.wait_for(2_000, Duration::from_secs(120)).await;
+    b.shutdown().await.unwrap(); // its shards move to the others
+    let d = spawn().await; // and are shared again
+    for w in writers {
+        w.await.unwrap();
+    }
+    collector.wait_for(8_000, Duration::from_secs(180)).await;
+    let all = collector.settle(Duration::from_secs(3)).await;
+    let t = report("several_relays_one_process", 8_000, &all);
+    assert_eq!(t.received, 8_000);
+    assert_eq!(t.order_violations, 0);
+    assert_eq!(t.duplicates, 0, "no crash, no duplicates");
+    let delivered: u64 = [a.shutdown().await, c.shutdown().await, d.shutdown().await]
+        .into_iter()
+        .map(|r| r.unwrap().delivered)
+        .sum();
+    assert!(delivered > 0);
+    collector.stop();
+    s.db.drop_db().await;
+}
+
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let bin = debug.join("examples").join("relay_worker");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build --example relay_worker` (scripts/test.sh builds all targets)", bin.display());
+    bin
+}
+
+fn start_relay_process(db_url: &str, bootstrap: &str, prefix: &str, extra: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(relay_binary());
+    cmd.env("DATABASE_URL", db_url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("OUTBOX_TOPIC_PREFIX", prefix)
+        .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.25")
+        .env("OUTBOX_ERROR_RETRY_INTERVAL_SECONDS", "0.2")
+        .env("OUTBOX_MAX_RETRY_INTERVAL_SECONDS", "1")
+        .env("OUTBOX_LEASE_TTL_SECONDS", "6")
+        .env("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2")
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("relay process starts")
+}
+
+fn sigkill(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL on Unix: no shutdown, no marking
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_processes_killed_mid_stream_lose_nothing_and_keep_order() {
+    let bootstrap = support::bootstrap_servers();
+    let s = scenario("kill", &bootstrap, 4).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let mut a = start_relay_process(&s.db.url, &bootstrap, &s.prefix, &[]);
+    let mut b = start_relay_process(&s.db.url, &bootstrap, &s.prefix, &[]);
+    let writers = spawn_writers(&s.outbox, 3, 20, 100, 20); // 6,000 events, 60 aggregates
+    collector.wait_for(1_000, Duration::from_secs(120)).await;
+    sigkill(&mut a);
+    let mut c = start_relay_process(&s.db.url, &bootstrap, &s.prefix, &[]);
+    collector.wait_for(3_000, Duration::from_secs(120)).await;
+    sigkill(&mut b);
+    for w in writers {
+        w.await.unwrap();
+    }
+    collector.wait_for(6_000, Duration::from_secs(180)).await;
+    let all = collector.settle(Duration::from_secs(3)).await;
+    let t = report("relay_processes_sigkilled", 6_000, &all);
+    assert_eq!(t.received, 6_000, "nothing lost");
+    assert_eq!(t.order_violations, 0, "order kept across crashes");
+    assert!(t.duplicates <= 2 * 100, "duplicates bounded by the batches in flight of the 2 crashed relays: {}", t.duplicates);
+    sigkill(&mut c);
+    collector.stop();
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_database_connections_are_survived() {
+    let bootstrap = support::bootstrap_servers();
+    let s = scenario("connloss", &bootstrap, 2).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let app = format!("outbox-relay-{}", s.prefix.trim_end_matches('.'));
+    let options = PgConnectOptions::from_str(&s.db.url).unwrap().application_name(&app);
+    let relay_pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
+    let relay = Relay::new(relay_pool, fixtures::kafka(&bootstrap), fixtures::relay_config(&s.prefix)).await.unwrap().spawn();
+    let writers = spawn_writers(&s.outbox, 2, 10, 150, 10); // 3,000 events
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let pool = s.db.pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut kills = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) t",
+                )
+                .bind(&app)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+                kills += n;
+            }
+            kills
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    collector.wait_for(3_000, Duration::from_secs(180)).await;
+    stop.store(true, Ordering::Relaxed);
+    let kills = killer.await.unwrap();
+    let all = collector.settle(Duration::from_secs(3)).await;
+    let t = report("database_connections_killed", 3_000, &all);
+    println!("connections_terminated={kills}");
+    assert!(kills > 0, "the fault was injected");
+    assert_eq!(t.received, 3_000);
+    assert_eq!(t.order_violations, 0);
+    relay.shutdown().await.unwrap();
+    collector.stop();
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let mut broker = support::TansuBroker::start(None);
+    let bootstrap = broker.bootstrap();
+    let s = scenario("brokerrestart", &bootstrap, 2).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let mut config = fixtures::relay_config(&s.prefix);
+    config.max_retries = 1_000;
+    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config).await.unwrap().spawn();
+    let writers = spawn_writers(&s.outbox, 2, 10, 100, 10); // 2,000 events
+    collector.wait_for(400, Duration::from_secs(120)).await;
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let port = broker.port();
+    let broker = support::TansuBroker::start(Some(port));
+    // The in-memory broker forgot its topics; provision them again.
+    support::create_topics(&broker.bootstrap(), &s.topics, 2).await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    collector.wait_for(2_000, Duration::from_secs(180)).await;
+    let all = collector.settle(Duration::from_secs(3)).await;
+    let t = report("broker_restarted", 2_000, &all);
+    assert_eq!(t.received, 2_000, "nothing lost across the broker restart");
+    let stats = relay.shutdown().await.unwrap();
+    assert!(stats.errors > 0, "the outage was noticed");
+    assert_eq!(stats.dead, 0);
+    collector.stop();
+    drop(broker);
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_inserted_by_hand_become_dead_and_others_flow() {
+    let bootstrap = support::bootstrap_servers();
+    let s = scenario("badrows", &bootstrap, 1).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let insert = "INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, topic, event_key, event_data)
+                  VALUES (gen_random_uuid(), 'essay', $1, 'EssayGradedV1', $2, $1, $3::jsonb)";
+    for (aggregate, topic, data) in [
+        ("bad-envelope", "faults.essay-graded.v1", r#""just a string""#),
+        ("missing-fields", "faults.essay-graded.v1", r#"{"hello": 1}"#),
+        ("empty-topic", "", r#"{"event_id": "x", "event_type": "E", "data": {}}"#),
+        ("invalid-topic", "bad topic!", r#"{"event_id": "x", "event_type": "E", "data": {}}"#),
+    ] {
+        sqlx::query(insert).bind(aggregate).bind(topic).bind(data).execute(&s.db.pool).await.unwrap();
+    }
+    let mut tx = s.outbox.transactional_publish().await.unwrap();
+    let good: Vec<EssayGradedV1> = (0..50).map(|i| EssayGradedV1 { essay_id: format!("good-{}", i % 5), seq: i }).collect();
+    tx.publish_all(&good).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), fixtures::relay_config(&s.prefix)).await.unwrap().spawn();
+    collector.wait_for(50, Duration::from_secs(60)).await;
+    let all = collector.settle(Duration::from_secs(2)).await;
+    let t = report("bad_rows", 50, &all);
+    assert_eq!(t.received, 50, "good events flow past bad rows");
+    let dead: Vec<(String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, last_error FROM event_outbox WHERE state = 'dead' ORDER BY aggregate_id",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    for (aggregate, error) in &dead {
+        match aggregate.as_str() {
+            "bad-envelope" | "missing-fields" => assert!(error.contains("malformed envelope"), "{error}"),
+            "empty-topic" => assert!(error.contains("topic name is empty"), "{error}"),
+            "invalid-topic" => assert!(error.contains("[A-Za-z0-9._-]"), "{error}"),
+            other => panic!("unexpected dead row {other}"),
+        }
+        assert!(error.contains("outbox retry"), "the error names the fix: {error}");
+    }
+    relay.shutdown().await.unwrap();
+    collector.stop();
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_commit_of_an_earlier_seq_is_not_skipped() {
+    let bootstrap = support::bootstrap_servers();
+    let s = scenario("latecommit", &bootstrap, 1).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), fixtures::relay_config(&s.prefix)).await.unwrap().spawn();
+    // Transaction A takes the lower seq but commits last.
+    let mut a = s.outbox.transactional_publish().await.unwrap();
+    a.publish(&EssayGradedV1 { essay_id: "early".into(), seq: 0 }).await.unwrap();
+    let mut b = s.outbox.transactional_publish().await.unwrap();
+    b.publish(&EssayGradedV1 { essay_id: "late".into(), seq: 0 }).await.unwrap();
+    b.commit().await.unwrap();
+    let first = collector.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(first[0].headers["aggregate_id"], "late");
+    tokio::time::sleep(Duration::from_secs(1)).await; // several polls pass the higher seq
+    a.commit().await.unwrap();
+    let all = collector.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(all[1].headers["aggregate_id"], "early", "the lower seq committed later is still delivered");
+    relay.shutdown().await.unwrap();
+    collector.stop();
+    s.db.drop_db().await;
+}
+
+#[tokio::test]
+async fn secrets_and_injections_in_configuration() {
+    let db = support::TestDatabase::create("secrets").await;
+    outbox::migrate(&db.pool).await.unwrap();
+    // A password in the URL (trust auth ignores it) and an unreachable one.
+    let with_password = db.url.replacen("postgres://postgres@", "postgres://postgres:S3cretPa55word@", 1);
+    assert!(with_password.contains("S3cretPa55word"), "test URL has the expected shape: {}", db.url);
+    let unreachable = "postgres://postgres:S3cretPa55word@127.0.0.1:1/nowhere".to_string();
+    for url in [&unreachable] {
+        let out = Command::new(relay_binary())
+            .env("DATABASE_URL", url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(!stderr.contains("S3cretPa55word"), "password leaked: {stderr}");
+    }
+    let mut child = start_relay_process(&with_password, "127.0.0.1:1", "", &[("RUST_LOG", "debug,rdkafka=warn")]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sigkill(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("relay process ready"), "{stderr}");
+    assert!(!stderr.contains("S3cretPa55word"), "password leaked: {stderr}");
+    // Injection through the schema setting is refused before any SQL runs.
+    let out = Command::new(relay_binary())
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("OUTBOX_SCHEMA", "public; DROP TABLE event_outbox; --")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not a valid SQL identifier"), "{stderr}");
+    let still_there: Option<String> = sqlx::query_scalar("SELECT to_regclass('event_outbox')::text").fetch_one(&db.pool).await.unwrap();
+    assert!(still_there.is_some());
+    db.drop_db().await;
+}
