@@ -1,12 +1,16 @@
 //! Runtime of the `outbox` framework. Use it through the `outbox` facade
 //! crate, which re-exports everything here.
 
+pub mod admin;
+pub mod asyncapi;
 pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod handle;
 pub mod identifier;
+#[cfg(feature = "json-schema")]
+pub mod json_schema;
 pub mod migrate;
 pub mod publish;
 pub mod registry;

@@ -83,7 +83,9 @@ pub struct RelayConfig {
     /// After a wake-up, poll again this long later to catch commits whose
     /// NOTIFY was folded into an earlier one (default 5 ms).
     pub trailing_poll: Duration,
-    /// Listen for Postgres NOTIFY wake-ups (default true).
+    /// React to wake-ups: Postgres NOTIFY from any publisher and the
+    /// in-process signal of commits in this process (default true). `false`
+    /// leaves only polling every `poll_interval`.
     pub listen: bool,
 }
 

@@ -207,6 +207,7 @@ impl Worker {
             deadline = deadline.min(self.next_retention);
         }
         let trailing = self.config.trailing_poll;
+        let listen = self.config.listen;
         let mut shutdown = self.shutdown.clone();
         let listener = &mut self.listener;
         let notified = async {
@@ -218,7 +219,7 @@ impl Worker {
         tokio::select! {
             () = sleep_until(deadline.into()) => {}
             _ = shutdown.changed() => {}
-            _ = self.local.changed() => {
+            _ = self.local.changed(), if listen => {
                 self.trailing_until = Some(Instant::now() + trailing);
             }
             result = notified => {
