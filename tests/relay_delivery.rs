@@ -104,7 +104,7 @@ async fn committed_event_arrives_with_topic_key_headers_and_envelope() {
 #[derive(Debug)]
 enum BusinessError {
     Rejected,
-    Outbox(PublishError),
+    Outbox(#[allow(dead_code)] PublishError),
 }
 
 impl From<PublishError> for BusinessError {

@@ -107,6 +107,11 @@ impl Leases {
                 .is_some_and(|until| Instant::now() + self.safety < until)
     }
 
+    /// Whether maintenance is due now.
+    pub(crate) fn maintenance_due(&self) -> bool {
+        self.last_maintained.is_none() || Instant::now() >= self.next_maintenance()
+    }
+
     /// When maintenance is due next: every third of the TTL, every second
     /// while below the fair share.
     pub(crate) fn next_maintenance(&self) -> Instant {

@@ -8,6 +8,8 @@ use super::produce::{produce_batch, RowOutcome};
 use super::stats::RelayCounters;
 use super::{Relay, RelayConfig};
 use crate::identifier::Names;
+use crate::metrics::{ErrorKind, OutboxMetrics};
+use crate::stats_query::{fetch_summary, summary_sql};
 use crate::wake;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -22,6 +24,8 @@ use uuid::Uuid;
 
 const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(30);
 const RETENTION_SWEEP_ROWS: i64 = 5_000;
+/// How often a relay with metrics refreshes the queue gauges.
+const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) struct Worker {
     pool: PgPool,
@@ -41,6 +45,9 @@ pub(crate) struct Worker {
     backoff: ExponentialBackoff,
     trailing_until: Option<Instant>,
     next_retention: Instant,
+    metrics: Option<OutboxMetrics>,
+    queue_sql: String,
+    next_queue_gauges: Instant,
 }
 
 struct BatchResult {
@@ -67,6 +74,7 @@ impl Worker {
             names,
             instance_id,
             counters,
+            metrics,
         } = relay;
         let leases = Leases::new(
             &names,
@@ -86,6 +94,7 @@ impl Worker {
                      LIMIT $2)",
                 o = names.outbox
             ),
+            queue_sql: summary_sql(&names),
             leases,
             pool,
             producer,
@@ -100,6 +109,8 @@ impl Worker {
             backoff: infra_backoff(),
             trailing_until: None,
             next_retention: Instant::now(),
+            metrics,
+            next_queue_gauges: Instant::now(),
         }
     }
 
@@ -111,7 +122,8 @@ impl Worker {
         tracing::info!(instance_id = %self.instance_id, batch_size = self.config.batch_size, "outbox relay started");
         while !self.stopping() {
             self.counters.tick();
-            if Instant::now() >= self.leases.next_maintenance() {
+            self.refresh_gauges().await;
+            if self.leases.maintenance_due() {
                 if let Err(error) = self.leases.maintain(&self.pool).await {
                     self.leases.invalidate();
                     self.transient("renewing shard leases", &error).await;
@@ -123,6 +135,7 @@ impl Worker {
             if self.leases.usable() {
                 match self.run_batch().await {
                     Ok(result) if result.broker_unreachable => {
+                        self.metric_error(ErrorKind::BrokerUnreachable);
                         self.pause().await;
                         continue;
                     }
@@ -157,8 +170,32 @@ impl Worker {
         tracing::info!(instance_id = %self.instance_id, "outbox relay stopped");
     }
 
+    fn metric_error(&self, kind: ErrorKind) {
+        if let Some(metrics) = &self.metrics {
+            metrics.relay_error(kind);
+        }
+    }
+
+    /// Marks the loop alive and, at most every few seconds, refreshes the
+    /// queue gauges (a cheap query on the partial indexes).
+    async fn refresh_gauges(&mut self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.relay_loop();
+        if Instant::now() < self.next_queue_gauges {
+            return;
+        }
+        self.next_queue_gauges = Instant::now() + QUEUE_GAUGES_EVERY;
+        match fetch_summary(&self.pool, &self.queue_sql).await {
+            Ok(summary) => metrics.set_queue(&summary),
+            Err(error) => tracing::warn!(%error, "outbox relay could not refresh the queue gauges"),
+        }
+    }
+
     async fn transient(&mut self, action: &str, error: &(dyn std::fmt::Display + Sync)) {
         self.counters.error();
+        self.metric_error(ErrorKind::Database);
         tracing::warn!(action, %error, "outbox relay error; backing off and retrying");
         self.pause().await;
     }
@@ -205,6 +242,9 @@ impl Worker {
         }
         if matches!(self.config.retention, Retention::Keep(_)) {
             deadline = deadline.min(self.next_retention);
+        }
+        if self.metrics.is_some() {
+            deadline = deadline.min(self.next_queue_gauges);
         }
         let trailing = self.config.trailing_poll;
         let listen = self.config.listen;
@@ -260,6 +300,7 @@ impl Worker {
     }
 
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
+        let started = Instant::now();
         let dead_blocks = self.config.dead_event_policy == DeadEventPolicy::BlockAggregate;
         let rows = claim(
             &self.pool,
@@ -275,20 +316,41 @@ impl Worker {
                 broker_unreachable: false,
             });
         }
-        let span = tracing::info_span!("outbox.relay.batch", events = rows.len(), instance_id = %self.instance_id);
-        self.deliver(rows).instrument(span).await
+        let span = tracing::info_span!(
+            "outbox.relay.batch",
+            events = rows.len(),
+            instance_id = %self.instance_id,
+            first_seq = rows.first().map(|r| r.seq),
+            last_seq = rows.last().map(|r| r.seq),
+        );
+        let result = self.deliver(rows, started).instrument(span).await;
+        if let (Some(metrics), Ok(_)) = (&self.metrics, &result) {
+            metrics.batch_processed(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
-    async fn deliver(&mut self, rows: Vec<ClaimedRow>) -> Result<BatchResult, sqlx::Error> {
+    async fn deliver(
+        &mut self,
+        rows: Vec<ClaimedRow>,
+        claimed_at: Instant,
+    ) -> Result<BatchResult, sqlx::Error> {
         let claimed = rows.len();
         let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
+        // Acknowledgements are awaited together: the batch's end bounds each.
+        let since_claim = claimed_at.elapsed().as_secs_f64();
         let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
         let mut delivered = Vec::with_capacity(claimed);
+        let mut delivered_rows = Vec::with_capacity(claimed);
         let mut failed = Vec::new();
+        let mut failed_rows = Vec::new();
         let (mut retried, mut dead, mut uncounted) = (0u64, 0u64, 0usize);
         for (row, outcome) in rows.iter().zip(outcomes) {
             match outcome {
-                RowOutcome::Delivered => delivered.push(row.seq),
+                RowOutcome::Delivered => {
+                    delivered.push(row.seq);
+                    delivered_rows.push(row);
+                }
                 RowOutcome::Held => {}
                 RowOutcome::Failed(failure) => {
                     // Unreachable-broker errors next to successes concern
@@ -305,6 +367,7 @@ impl Worker {
                     } else {
                         retried += 1;
                     }
+                    failed_rows.push((row, f.increment, f.dead));
                     failed.push(f);
                 }
             }
@@ -312,6 +375,33 @@ impl Worker {
         let keep = matches!(self.config.retention, Retention::Keep(_));
         self.record(&delivered, keep, &failed).await?;
         self.counters.batch(delivered.len() as u64, retried, dead);
+        for row in &delivered_rows {
+            tracing::debug!(
+                event_id = %row.id,
+                event_type = %row.event_type,
+                topic = %row.topic,
+                aggregate_type = %row.aggregate_type,
+                aggregate_id = %row.aggregate_id,
+                correlation_id = row.headers.get("correlation_id").and_then(|v| v.as_str()).unwrap_or(""),
+                "outbox event delivered"
+            );
+        }
+        if let Some(metrics) = &self.metrics {
+            for row in &delivered_rows {
+                metrics.event_published(
+                    &row.topic,
+                    &row.event_type,
+                    row.age_at_claim + since_claim,
+                );
+            }
+            for (row, increment, dead) in &failed_rows {
+                if *dead {
+                    metrics.event_failed(&row.topic, &row.event_type);
+                } else if *increment > 0 {
+                    metrics.relay_error(ErrorKind::Delivery);
+                }
+            }
+        }
         tracing::debug!(
             claimed,
             delivered = delivered.len(),
@@ -345,6 +435,7 @@ impl Worker {
                 Err(error) if attempt < 20 && self.leases.usable() => {
                     attempt += 1;
                     self.counters.error();
+                    self.metric_error(ErrorKind::Database);
                     tracing::warn!(%error, attempt, "outbox relay could not mark a delivered batch; retrying");
                     let delay = self
                         .backoff
