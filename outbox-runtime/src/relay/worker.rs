@@ -136,6 +136,11 @@ impl Worker {
                 match self.run_batch().await {
                     Ok(result) if result.broker_unreachable => {
                         self.metric_error(ErrorKind::BrokerUnreachable);
+                        self.counters.error();
+                        tracing::warn!(
+                            events = result.claimed,
+                            "outbox relay could not reach the broker; events stay pending, backing off"
+                        );
                         self.pause().await;
                         continue;
                     }
