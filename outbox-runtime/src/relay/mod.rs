@@ -15,6 +15,7 @@ pub use stats::{RelayCounters, RelayStats};
 
 use crate::error::{ConfigError, RelayError};
 use crate::identifier::Names;
+use crate::metrics::OutboxMetrics;
 use crate::registry;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
@@ -43,10 +44,12 @@ use uuid::Uuid;
 pub struct Relay {
     pool: PgPool,
     producer: FutureProducer,
+    producer_config: ClientConfig,
     config: RelayConfig,
     names: Names,
     instance_id: Uuid,
     counters: Arc<RelayCounters>,
+    metrics: Option<OutboxMetrics>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -123,11 +126,32 @@ impl Relay {
         Ok(Self {
             pool,
             producer,
+            producer_config: cc,
             config,
             names,
             instance_id: Uuid::new_v4(),
             counters: RelayCounters::shared(),
+            metrics: None,
         })
+    }
+
+    /// Records delivery, failures, transient errors, timings and the queue
+    /// gauges (refreshed every few seconds) in `metrics`; see
+    /// [`OutboxMetrics`] for the list.
+    ///
+    /// ```no_run
+    /// use outbox::{OutboxMetrics, Relay, RelayConfig};
+    ///
+    /// # async fn run(pool: sqlx::PgPool, kafka: rdkafka::ClientConfig, metrics: OutboxMetrics) -> Result<(), outbox::RelayError> {
+    /// let handle = Relay::new(pool, kafka, RelayConfig::from_env()?)
+    ///     .await?
+    ///     .with_metrics(metrics)
+    ///     .spawn();
+    /// # Ok(()) }
+    /// ```
+    pub fn with_metrics(mut self, metrics: OutboxMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// This instance's id (as in `event_outbox_relay` and lease owners).

@@ -13,6 +13,7 @@ use crate::stats_query::{fetch_summary, summary_sql};
 use crate::wake;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::ClientConfig;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use tokio::time::sleep_until;
 use tracing::Instrument;
 use uuid::Uuid;
 
+/// Batches in a row the broker took none of before the producer is replaced.
+const PRODUCER_RENEWAL_AFTER: u32 = 3;
 const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(30);
 const RETENTION_SWEEP_ROWS: i64 = 5_000;
 /// How often a relay with metrics refreshes the queue gauges.
@@ -30,6 +33,8 @@ const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct Worker {
     pool: PgPool,
     producer: FutureProducer,
+    producer_config: ClientConfig,
+    unreachable_batches: u32,
     config: RelayConfig,
     names: Names,
     instance_id: Uuid,
@@ -70,6 +75,7 @@ impl Worker {
         let Relay {
             pool,
             producer,
+            producer_config,
             config,
             names,
             instance_id,
@@ -98,6 +104,8 @@ impl Worker {
             leases,
             pool,
             producer,
+            producer_config,
+            unreachable_batches: 0,
             config,
             names,
             instance_id,
@@ -141,11 +149,14 @@ impl Worker {
                             events = result.claimed,
                             "outbox relay could not reach the broker; events stay pending, backing off"
                         );
+                        self.unreachable_batches += 1;
+                        self.renew_producer_if_stuck();
                         self.pause().await;
                         continue;
                     }
                     Ok(result) => {
                         self.backoff = infra_backoff();
+                        self.unreachable_batches = 0;
                         drained = result.claimed == 0;
                     }
                     Err(error) => {
@@ -162,6 +173,31 @@ impl Worker {
             self.idle().await;
         }
         self.finish().await;
+    }
+
+    /// An idempotent producer can end in a state it does not leave by
+    /// itself: a fatal error (e.g. the broker lost its producer state in a
+    /// restart) or timing out batch after batch although the broker is back.
+    /// Between batches nothing is in flight, so a fresh producer (new
+    /// producer id, fresh metadata) is safe: unacknowledged rows are simply
+    /// produced again, in order.
+    fn renew_producer_if_stuck(&mut self) {
+        let fatal = self.producer.client().fatal_error();
+        if fatal.is_none() && self.unreachable_batches < PRODUCER_RENEWAL_AFTER {
+            return;
+        }
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    fatal_error = ?fatal,
+                    failed_batches = self.unreachable_batches,
+                    "outbox relay replaced its Kafka producer"
+                );
+                self.producer = fresh;
+                self.unreachable_batches = 0;
+            }
+            Err(error) => tracing::warn!(%error, "outbox relay could not create a new Kafka producer; keeping the old one"),
+        }
     }
 
     async fn finish(&mut self) {
