@@ -1,0 +1,266 @@
+//! Routing decoded events to typed handlers by event type.
+
+use super::decode::{decode_raw, into_typed, RawMessage};
+use super::error::{ConsumeError, DispatcherError, HandlerError, MessageLocation};
+use crate::envelope::{Envelope, EnvelopeMetadata};
+use crate::event::EventRegistration;
+use crate::publish::TransactionalPublish;
+use crate::OutboxEvent;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The future a handler returns: `Box::pin(async move { ... })`.
+pub type HandlerFuture<'a> = BoxFuture<'a, Result<(), HandlerError>>;
+
+/// Handlers keyed by event type, each receiving its own Rust type.
+///
+/// A handler gets the decoded envelope and the consumer's
+/// [`TransactionalPublish`] guard: run business queries through `&mut **tx`,
+/// publish follow-up events with `tx.publish(..)`; the consumer loop commits
+/// the transaction (with the inbox record) after the handler returns `Ok`.
+///
+/// ```
+/// use outbox::consume::Dispatcher;
+/// use outbox::OutboxEvent;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, OutboxEvent)]
+/// #[outbox_event(topic = "essay.spellcheck.completed.v1", aggregate = "essay")]
+/// struct SpellcheckCompletedV1 {
+///     #[outbox_event(aggregate_id)]
+///     essay_id: String,
+///     errors: i32,
+/// }
+///
+/// let dispatcher = Dispatcher::new().register::<SpellcheckCompletedV1>(|event, tx| {
+///     Box::pin(async move {
+///         sqlx::query("UPDATE essays SET errors = $2 WHERE id = $1")
+///             .bind(&event.data.essay_id)
+///             .bind(event.data.errors)
+///             .execute(&mut **tx)
+///             .await?;
+///         Ok(())
+///     })
+/// });
+/// assert_eq!(dispatcher.event_types(), ["SpellcheckCompletedV1"]);
+/// assert_eq!(dispatcher.topics(""), ["essay.spellcheck.completed.v1"]);
+/// ```
+#[derive(Default)]
+pub struct Dispatcher {
+    handlers: BTreeMap<&'static str, Arc<dyn ErasedHandler>>,
+    conflicts: Vec<DispatcherError>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("event_types", &self.event_types())
+            .field("conflicts", &self.conflicts)
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher without handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for the event type of `T`, as the registry knows
+    /// it (event type name and version). A second handler for the same event
+    /// type is reported by [`validate`](Self::validate) (and so by
+    /// [`Consumer::new`](crate::consume::Consumer::new)).
+    pub fn register<T>(
+        mut self,
+        handler: impl for<'a> Fn(&'a Envelope<T>, &'a mut TransactionalPublish<'static>) -> HandlerFuture<'a>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self
+    where
+        T: OutboxEvent + DeserializeOwned + Send + Sync,
+    {
+        let registration = crate::registry::of::<T>();
+        let erased: Arc<dyn ErasedHandler> = Arc::new(Typed::<T> {
+            registration,
+            handler: Arc::new(handler),
+        });
+        if let Some(first) = self.handlers.get(registration.event_type) {
+            self.conflicts.push(DispatcherError::DuplicateHandler {
+                event_type: registration.event_type,
+                first: first.registration().rust_type,
+                second: registration.rust_type,
+            });
+            return self;
+        }
+        self.handlers.insert(registration.event_type, erased);
+        self
+    }
+
+    /// Reports duplicate registrations and an empty dispatcher.
+    pub fn validate(&self) -> Result<(), DispatcherError> {
+        if let Some(conflict) = self.conflicts.first() {
+            return Err(conflict.clone());
+        }
+        if self.handlers.is_empty() {
+            return Err(DispatcherError::Empty);
+        }
+        Ok(())
+    }
+
+    /// The event types with a handler, sorted.
+    pub fn event_types(&self) -> Vec<&'static str> {
+        self.handlers.keys().copied().collect()
+    }
+
+    /// The topics of the handled event types with `prefix` prepended (as
+    /// the relay's `topic_prefix` does), sorted and without duplicates: what
+    /// a consumer subscribes to by default.
+    pub fn topics(&self, prefix: &str) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .handlers
+            .values()
+            .map(|h| format!("{prefix}{}", h.registration().topic))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// Decodes `message` into the Rust type registered for its event type,
+    /// ready to be [handled](DecodedEvent::handle).
+    ///
+    /// Fails with [`ConsumeError::MalformedEnvelope`],
+    /// [`UnknownEventType`](ConsumeError::UnknownEventType),
+    /// [`VersionMismatch`](ConsumeError::VersionMismatch) or
+    /// [`MalformedPayload`](ConsumeError::MalformedPayload).
+    pub fn decode(
+        &self,
+        message: &(impl RawMessage + ?Sized),
+    ) -> Result<DecodedEvent, ConsumeError> {
+        let raw = decode_raw(message)?;
+        let location = message.location();
+        let Some(handler) = self.handlers.get(raw.event_type.as_str()) else {
+            return Err(ConsumeError::UnknownEventType {
+                known: self.event_types().join(", "),
+                event_type: raw.event_type,
+                event_id: raw.event_id,
+                location,
+            });
+        };
+        let info = EventInfo {
+            event_id: raw.event_id,
+            event_type: raw.event_type.clone(),
+            correlation_id: raw.correlation_id,
+            aggregate_type: raw.aggregate_type.clone(),
+            aggregate_id: raw.aggregate_id.clone(),
+            metadata: raw.metadata.clone(),
+            location: location.clone(),
+        };
+        let typed = handler.decode(raw, location)?;
+        Ok(DecodedEvent { info, typed })
+    }
+}
+
+/// What is known about a decoded event, whatever its type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventInfo {
+    /// The event id (inbox key).
+    pub event_id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// The correlation id; follow-up events published by the handler carry it.
+    pub correlation_id: Uuid,
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Trace context and other metadata.
+    pub metadata: EnvelopeMetadata,
+    /// Where the message came from, for Kafka messages.
+    pub location: Option<MessageLocation>,
+}
+
+/// An event decoded into its registered Rust type, with its handler.
+pub struct DecodedEvent {
+    info: EventInfo,
+    typed: Box<dyn TypedEvent>,
+}
+
+impl std::fmt::Debug for DecodedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedEvent")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecodedEvent {
+    /// Event id, type, correlation id and location.
+    pub fn info(&self) -> &EventInfo {
+        &self.info
+    }
+
+    /// Runs the registered handler inside `tx`. It may be called again
+    /// (with a new transaction) after a failure.
+    pub fn handle<'a>(&'a self, tx: &'a mut TransactionalPublish<'static>) -> HandlerFuture<'a> {
+        self.typed.handle(tx)
+    }
+}
+
+type HandlerFn<T> = dyn for<'a> Fn(&'a Envelope<T>, &'a mut TransactionalPublish<'static>) -> HandlerFuture<'a>
+    + Send
+    + Sync;
+
+trait ErasedHandler: Send + Sync {
+    fn registration(&self) -> &'static EventRegistration;
+    fn decode(
+        &self,
+        raw: Envelope<serde_json::Value>,
+        location: Option<MessageLocation>,
+    ) -> Result<Box<dyn TypedEvent>, ConsumeError>;
+}
+
+trait TypedEvent: Send + Sync {
+    fn handle<'a>(&'a self, tx: &'a mut TransactionalPublish<'static>) -> HandlerFuture<'a>;
+}
+
+struct Typed<T: 'static> {
+    registration: &'static EventRegistration,
+    handler: Arc<HandlerFn<T>>,
+}
+
+impl<T> ErasedHandler for Typed<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    fn registration(&self) -> &'static EventRegistration {
+        self.registration
+    }
+
+    fn decode(
+        &self,
+        raw: Envelope<serde_json::Value>,
+        location: Option<MessageLocation>,
+    ) -> Result<Box<dyn TypedEvent>, ConsumeError> {
+        let envelope = into_typed::<T>(raw, self.registration, location)?;
+        Ok(Box::new(Ready {
+            envelope,
+            handler: self.handler.clone(),
+        }))
+    }
+}
+
+struct Ready<T: 'static> {
+    envelope: Envelope<T>,
+    handler: Arc<HandlerFn<T>>,
+}
+
+impl<T: Send + Sync + 'static> TypedEvent for Ready<T> {
+    fn handle<'a>(&'a self, tx: &'a mut TransactionalPublish<'static>) -> HandlerFuture<'a> {
+        (self.handler)(&self.envelope, tx)
+    }
+}
