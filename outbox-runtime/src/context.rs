@@ -66,17 +66,58 @@ impl PublishContext {
     }
 
     /// Fills the gaps of `self` from the current task's context and gives
-    /// the transaction a correlation id.
+    /// the transaction a correlation id. With the `opentelemetry` feature, a
+    /// trace context given neither explicitly nor by the task's scope is
+    /// taken from the current OpenTelemetry context.
     pub(crate) fn resolve(self) -> ResolvedContext {
         let current = Self::current();
+        let (traceparent, tracestate) = match self.traceparent.or(current.traceparent) {
+            Some(tp) => (Some(tp), self.tracestate.or(current.tracestate)),
+            None => otel::current_trace_context(),
+        };
         ResolvedContext {
             correlation_id: self
                 .correlation_id
                 .or(current.correlation_id)
                 .unwrap_or_else(Uuid::new_v4),
-            traceparent: self.traceparent.or(current.traceparent),
-            tracestate: self.tracestate.or(current.tracestate),
+            traceparent,
+            tracestate,
         }
+    }
+}
+
+#[cfg(not(feature = "opentelemetry"))]
+mod otel {
+    pub(super) fn current_trace_context() -> (Option<String>, Option<String>) {
+        (None, None)
+    }
+}
+
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use std::collections::HashMap;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// `traceparent` and `tracestate` of the current `tracing` span's
+    /// OpenTelemetry context (tracing-opentelemetry), else of the current
+    /// OpenTelemetry context; nothing when neither holds a valid span.
+    pub(super) fn current_trace_context() -> (Option<String>, Option<String>) {
+        let mut cx = tracing::Span::current().context();
+        if !cx.span().span_context().is_valid() {
+            cx = opentelemetry::Context::current();
+            if !cx.span().span_context().is_valid() {
+                return (None, None);
+            }
+        }
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        (
+            carrier.remove("traceparent"),
+            carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        )
     }
 }
 
@@ -111,5 +152,69 @@ mod tests {
         let a = PublishContext::new().resolve().correlation_id;
         let b = PublishContext::new().resolve().correlation_id;
         assert_ne!(a, b);
+    }
+
+    #[cfg(not(feature = "opentelemetry"))]
+    #[test]
+    fn without_the_feature_no_trace_context_is_invented() {
+        let _span = tracing::info_span!("request").entered();
+        let r = PublishContext::new().resolve();
+        assert_eq!((r.traceparent, r.tracestate), (None, None));
+    }
+
+    #[cfg(feature = "opentelemetry")]
+    mod opentelemetry {
+        use super::*;
+        use ::opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+        use opentelemetry_sdk::trace::SdkTracerProvider;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        fn traced<T>(f: impl FnOnce() -> T) -> T {
+            let provider = SdkTracerProvider::builder().build();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("outbox-test")));
+            tracing::subscriber::with_default(subscriber, f)
+        }
+
+        #[test]
+        fn traceparent_comes_from_the_current_span() {
+            traced(|| {
+                let span = tracing::info_span!("http.request");
+                let _entered = span.enter();
+                let expected = span.context().span().span_context().clone();
+                assert!(expected.is_valid());
+                let r = PublishContext::new().resolve();
+                let tp = r.traceparent.expect("a traceparent from the otel context");
+                let parts: Vec<&str> = tp.split('-').collect();
+                assert_eq!(parts.len(), 4, "{tp}");
+                assert_eq!(parts[0], "00");
+                assert_eq!(
+                    parts[1],
+                    expected.trace_id().to_string(),
+                    "same trace: {tp}"
+                );
+                assert_eq!(
+                    parts[2],
+                    expected.span_id().to_string(),
+                    "parent is the span: {tp}"
+                );
+                assert_eq!(parts[3], "01", "sampled: {tp}");
+            });
+        }
+
+        #[test]
+        fn explicit_traceparent_wins_and_no_span_means_none() {
+            traced(|| {
+                let _span = tracing::info_span!("http.request").entered();
+                let explicit = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+                let r = PublishContext::new().with_traceparent(explicit).resolve();
+                assert_eq!(r.traceparent.as_deref(), Some(explicit));
+            });
+            traced(|| {
+                let r = PublishContext::new().resolve();
+                assert_eq!(r.traceparent, None, "outside any span");
+            });
+        }
     }
 }

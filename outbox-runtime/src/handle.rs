@@ -3,12 +3,14 @@
 use crate::context::PublishContext;
 use crate::error::{ConfigError, PublishError};
 use crate::identifier::{Names, SchemaName};
+use crate::metrics::OutboxMetrics;
 use crate::publish::{EventBatch, TransactionalPublish};
 use crate::wake::NotifyThrottle;
 use crate::OutboxEvent;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Default window within which one process folds NOTIFYs of several commits.
@@ -53,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) names: Names,
     pub(crate) insert_sql: String,
     pub(crate) throttle: NotifyThrottle,
+    pub(crate) metrics: Option<OutboxMetrics>,
 }
 
 impl Outbox {
@@ -69,6 +72,7 @@ impl Outbox {
             source_service: source_service.into(),
             schema: None,
             notify_window: DEFAULT_NOTIFY_WINDOW,
+            metrics: None,
         }
     }
 
@@ -138,7 +142,7 @@ impl Outbox {
     ) -> Result<Uuid, PublishError> {
         let mut batch = self.batch_with(PublishContext::new());
         let id = batch.push(event)?;
-        self.insert(conn, batch).await?;
+        self.insert_counted(conn, batch).await?;
         Ok(id)
     }
 
@@ -153,7 +157,7 @@ impl Outbox {
             batch.push(event)?;
         }
         let ids = batch.ids().to_vec();
-        self.insert(conn, batch).await?;
+        self.insert_counted(conn, batch).await?;
         Ok(ids)
     }
 
@@ -170,8 +174,28 @@ impl Outbox {
         batch: EventBatch,
     ) -> Result<Vec<Uuid>, PublishError> {
         let ids = batch.ids().to_vec();
-        self.insert(conn, batch).await?;
+        self.insert_counted(conn, batch).await?;
         Ok(ids)
+    }
+
+    /// Inserts and counts the events in `outbox_events_added_total` at once:
+    /// the caller commits this transaction, out of the outbox's sight.
+    async fn insert_counted(
+        &self,
+        conn: &mut PgConnection,
+        batch: EventBatch,
+    ) -> Result<usize, PublishError> {
+        let added = match &self.inner.metrics {
+            Some(_) => batch.tally(),
+            None => Vec::new(),
+        };
+        let n = self.insert(conn, batch).await?;
+        if let Some(metrics) = &self.inner.metrics {
+            for (topic, event_type, count) in added {
+                metrics.events_added(topic, event_type, count);
+            }
+        }
+        Ok(n)
     }
 
     pub(crate) async fn insert(
@@ -183,6 +207,7 @@ impl Outbox {
         if n == 0 {
             return Ok(0);
         }
+        let span = batch.span();
         let notify = self.inner.throttle.should_notify();
         let cols = batch.into_columns();
         sqlx::query(&self.inner.insert_sql)
@@ -198,6 +223,7 @@ impl Outbox {
             .bind(&self.inner.names.channel)
             .bind(notify)
             .execute(conn)
+            .instrument(span)
             .await
             .map_err(PublishError::db("inserting events into the outbox"))?;
         Ok(n)
@@ -211,6 +237,7 @@ pub struct OutboxBuilder {
     source_service: String,
     schema: Option<SchemaName>,
     notify_window: Duration,
+    metrics: Option<OutboxMetrics>,
 }
 
 impl OutboxBuilder {
@@ -231,6 +258,27 @@ impl OutboxBuilder {
     /// transaction. Default 5 ms.
     pub fn notify_window(mut self, window: Duration) -> Self {
         self.notify_window = window;
+        self
+    }
+
+    /// Counts added events in `outbox_events_added_total` (labels `topic`,
+    /// `event_type`). Events added through the
+    /// [`transactional_publish`](Outbox::transactional_publish) guard are
+    /// counted when it commits; events added to a transaction the caller
+    /// commits itself ([`publish_in`](Outbox::publish_in),
+    /// [`publish_all_in`](Outbox::publish_all_in),
+    /// [`insert_batch`](Outbox::insert_batch)) are counted once inserted,
+    /// even if that transaction later rolls back.
+    ///
+    /// ```no_run
+    /// use outbox::{Outbox, OutboxMetrics};
+    ///
+    /// # fn run(pool: sqlx::PgPool, metrics: OutboxMetrics) {
+    /// let outbox = Outbox::builder(pool, "file_service").metrics(metrics).build();
+    /// # }
+    /// ```
+    pub fn metrics(mut self, metrics: OutboxMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -256,6 +304,7 @@ impl OutboxBuilder {
                 names,
                 insert_sql,
                 throttle: NotifyThrottle::new(self.notify_window),
+                metrics: self.metrics,
             }),
         }
     }

@@ -9,7 +9,6 @@ use chrono::Utc;
 use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
 use std::ops::{Deref, DerefMut};
-use tracing::Instrument;
 use uuid::Uuid;
 
 /// Events serialized and ready to insert in one statement. May mix event
@@ -158,6 +157,66 @@ impl EventBatch {
     pub(crate) fn into_columns(self) -> Columns {
         self.cols
     }
+
+    /// Events per `(topic, event_type)`, for `outbox_events_added_total`.
+    pub(crate) fn tally(&self) -> Tally {
+        let mut tally = Tally::new();
+        for (topic, event_type) in self.cols.topics.iter().zip(&self.cols.event_types) {
+            count_into(&mut tally, topic, event_type, 1);
+        }
+        tally
+    }
+
+    /// The `outbox.publish` span of inserting this batch. Fields that are the
+    /// same for every event of the batch are recorded (all of them for a
+    /// single event); the others stay empty.
+    pub(crate) fn span(&self) -> tracing::Span {
+        use tracing::field::Empty;
+        let c = &self.cols;
+        let span = tracing::info_span!(
+            "outbox.publish",
+            events = c.ids.len(),
+            correlation_id = %self.context.correlation_id,
+            event_id = Empty,
+            event_type = Empty,
+            topic = Empty,
+            aggregate_type = Empty,
+            aggregate_id = Empty,
+        );
+        fn uniform<T: PartialEq>(values: &[T]) -> Option<&T> {
+            let first = values.first()?;
+            values[1..].iter().all(|v| v == first).then_some(first)
+        }
+        if let [id] = c.ids.as_slice() {
+            span.record("event_id", tracing::field::display(id));
+        }
+        if let Some(v) = uniform(&c.event_types) {
+            span.record("event_type", *v);
+        }
+        if let Some(v) = uniform(&c.topics) {
+            span.record("topic", *v);
+        }
+        if let Some(v) = uniform(&c.aggregate_types) {
+            span.record("aggregate_type", *v);
+        }
+        if let Some(v) = uniform(&c.aggregate_ids) {
+            span.record("aggregate_id", v.as_str());
+        }
+        span
+    }
+}
+
+/// Event counts per `(topic, event_type)`; a batch holds few distinct pairs.
+pub(crate) type Tally = Vec<(&'static str, &'static str, u64)>;
+
+fn count_into(tally: &mut Tally, topic: &'static str, event_type: &'static str, n: u64) {
+    match tally
+        .iter_mut()
+        .find(|(t, e, _)| *t == topic && *e == event_type)
+    {
+        Some(entry) => entry.2 += n,
+        None => tally.push((topic, event_type, n)),
+    }
 }
 
 /// The `transactional_publish` guard: a Postgres transaction whose events
@@ -172,6 +231,9 @@ pub struct TransactionalPublish<'c> {
     tx: Transaction<'c, Postgres>,
     context: ResolvedContext,
     added: usize,
+    /// Added events per `(topic, event_type)`, counted in the metrics at
+    /// commit (only when the outbox has metrics).
+    tally: Tally,
 }
 
 impl<'c> TransactionalPublish<'c> {
@@ -185,6 +247,7 @@ impl<'c> TransactionalPublish<'c> {
             tx,
             context,
             added: 0,
+            tally: Vec::new(),
         }
     }
 
@@ -230,16 +293,14 @@ impl<'c> TransactionalPublish<'c> {
     /// Adds a prepared batch (possibly of mixed types) in a single statement.
     pub async fn publish_batch(&mut self, batch: EventBatch) -> Result<Vec<Uuid>, PublishError> {
         let ids = batch.ids().to_vec();
-        let span = tracing::debug_span!(
-            "outbox.publish",
-            events = ids.len(),
-            correlation_id = %self.context.correlation_id
-        );
-        self.added += self
-            .outbox
-            .insert(&mut self.tx, batch)
-            .instrument(span)
-            .await?;
+        let tally = match &self.outbox.inner.metrics {
+            Some(_) => batch.tally(),
+            None => Vec::new(),
+        };
+        self.added += self.outbox.insert(&mut self.tx, batch).await?;
+        for (topic, event_type, n) in tally {
+            count_into(&mut self.tally, topic, event_type, n);
+        }
         Ok(ids)
     }
 
@@ -251,6 +312,11 @@ impl<'c> TransactionalPublish<'c> {
             .commit()
             .await
             .map_err(PublishError::db("committing the publishing transaction"))?;
+        if let Some(metrics) = &self.outbox.inner.metrics {
+            for (topic, event_type, n) in self.tally {
+                metrics.events_added(topic, event_type, n);
+            }
+        }
         if added > 0 {
             wake::wake_local_relays();
             tracing::debug!(events = added, correlation_id = %self.context.correlation_id, "outbox transaction committed");

@@ -19,6 +19,9 @@ pub(crate) struct ClaimedRow {
     pub headers: serde_json::Value,
     pub retry_count: i32,
     pub envelope_ok: bool,
+    /// Seconds since `created_at` when the row was claimed, by the
+    /// database's clock (immune to skew between relay and database hosts).
+    pub age_at_claim: f64,
 }
 
 /// The claim statement: pending, due rows of owned shards in commit order,
@@ -32,7 +35,8 @@ pub(crate) fn claim_sql(names: &Names) -> String {
         "SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
                 o.event_data::text AS payload, o.headers, o.retry_count,
                 (jsonb_typeof(o.event_data) = 'object' AND o.event_data ? 'event_id'
-                 AND o.event_data ? 'event_type' AND o.event_data ? 'data') AS envelope_ok
+                 AND o.event_data ? 'event_type' AND o.event_data ? 'data') AS envelope_ok,
+                EXTRACT(EPOCH FROM (now() - o.created_at))::float8 AS age_at_claim
          FROM {outbox} o
          WHERE o.state = 'pending'
            AND o.shard = ANY($1)
@@ -63,6 +67,7 @@ fn decode(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
         envelope_ok: row
             .try_get::<Option<bool>, _>("envelope_ok")?
             .unwrap_or(false),
+        age_at_claim: row.try_get("age_at_claim")?,
     })
 }
 
