@@ -47,7 +47,9 @@ async fn main() -> ExitCode {
     } else {
         args.topics
     };
-    let group = args.group.unwrap_or_else(|| format!("tail-events-{}", uuid::Uuid::new_v4()));
+    let group = args
+        .group
+        .unwrap_or_else(|| format!("tail-events-{}", uuid::Uuid::new_v4()));
     let consumer: StreamConsumer = match ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", &group)
@@ -75,7 +77,11 @@ async fn main() -> ExitCode {
         }
         let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) if args.count.is_some() => {
-                eprintln!("timed out after {}s: {seen} of {} events arrived", args.timeout_secs, args.count.unwrap_or(0));
+                eprintln!(
+                    "timed out after {}s: {seen} of {} events arrived",
+                    args.timeout_secs,
+                    args.count.unwrap_or(0)
+                );
                 return ExitCode::FAILURE;
             }
             Err(_) => return ExitCode::SUCCESS,
@@ -89,10 +95,17 @@ async fn main() -> ExitCode {
         seen += 1;
         let event_type = message
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "event_type").and_then(|h| h.value))
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "event_type")
+                    .and_then(|h| h.value)
+            })
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
         println!(
             "#{seen} {event_type} topic={} partition={} offset={} key={key}",
             message.topic(),

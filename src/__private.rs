@@ -18,3 +18,25 @@ pub const fn assert_display<T: ?Sized + Display>() {}
 /// Compile-time check used by the derive: the event must be `Serialize`.
 #[inline]
 pub const fn assert_serialize<T: ?Sized + Serialize>() {}
+
+/// The payload schema function `#[outbox_event(json_schema)]` stores in the
+/// registration.
+#[cfg(feature = "json-schema")]
+pub use outbox_runtime::json_schema::payload_schema;
+
+/// Stand-in when the `json-schema` feature is off: its bound can never be
+/// met, so `#[outbox_event(json_schema)]` fails with a message naming the
+/// feature instead of "cannot find function".
+#[cfg(not(feature = "json-schema"))]
+pub fn payload_schema<T: ?Sized + JsonSchemaFeatureDisabled>() -> serde_json::Value {
+    serde_json::Value::Null
+}
+
+/// Never implemented; see [`payload_schema`].
+#[cfg(not(feature = "json-schema"))]
+#[diagnostic::on_unimplemented(
+    message = "`#[outbox_event(json_schema)]` needs the `json-schema` feature of `outbox`",
+    label = "the payload schema is only available with the `json-schema` feature",
+    note = "enable it in Cargo.toml: `outbox = {{ version = \"...\", features = [\"json-schema\"] }}`, and derive `schemars::JsonSchema` on the event"
+)]
+pub trait JsonSchemaFeatureDisabled {}

@@ -8,3 +8,6 @@ pub use outbox_runtime::*;
 
 #[doc(hidden)]
 pub mod __private;
+
+#[cfg(feature = "cli")]
+pub mod cli;

@@ -18,9 +18,15 @@ struct FileAddedV1 {
 
 async fn commit_round(outbox: &Outbox, round: i64) {
     for a in 0..5 {
-        let mut tx = outbox.transactional_publish().await.expect("commit works without a broker");
+        let mut tx = outbox
+            .transactional_publish()
+            .await
+            .expect("commit works without a broker");
         let events: Vec<FileAddedV1> = (0..5)
-            .map(|i| FileAddedV1 { file_upload_id: format!("f-{a}"), seq: round * 5 + i })
+            .map(|i| FileAddedV1 {
+                file_upload_id: format!("f-{a}"),
+                seq: round * 5 + i,
+            })
             .collect();
         tx.publish_all(&events).await.unwrap();
         tx.commit().await.unwrap();
@@ -40,7 +46,10 @@ async fn events_committed_while_the_broker_is_down_arrive_when_it_returns() {
     // The relay starts while no broker listens on its address.
     let mut config = fixtures::relay_config(&prefix);
     config.max_retries = 1_000;
-    let relay = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config).await.unwrap().spawn();
+    let relay = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config)
+        .await
+        .unwrap()
+        .spawn();
     commit_round(&outbox, 0).await;
     tokio::time::sleep(Duration::from_secs(4)).await; // at least one produce times out
     commit_round(&outbox, 1).await;
@@ -63,7 +72,10 @@ async fn events_committed_while_the_broker_is_down_arrive_when_it_returns() {
     collector.wait_for(75, Duration::from_secs(120)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
     let t = fixtures::tally(&all);
-    println!("tally: committed=75 delivered={} duplicates={} order_violations={}", t.received, t.duplicates, t.order_violations);
+    println!(
+        "tally: committed=75 delivered={} duplicates={} order_violations={}",
+        t.received, t.duplicates, t.order_violations
+    );
     assert_eq!(t.received, 75, "none lost");
     assert_eq!(t.order_violations, 0);
     relay.shutdown().await.unwrap();

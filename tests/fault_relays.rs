@@ -27,7 +27,13 @@ struct EssayGradedV1 {
 
 /// Writers owning disjoint aggregates commit `per_aggregate` events each,
 /// `per_tx` per transaction, optionally paced.
-fn spawn_writers(outbox: &Outbox, writers: usize, aggregates: usize, per_aggregate: i64, per_tx: usize) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_writers(
+    outbox: &Outbox,
+    writers: usize,
+    aggregates: usize,
+    per_aggregate: i64,
+    per_tx: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..writers)
         .map(|w| {
             let outbox = outbox.clone();
@@ -35,7 +41,10 @@ fn spawn_writers(outbox: &Outbox, writers: usize, aggregates: usize, per_aggrega
                 let mut batch = Vec::new();
                 for seq in 0..per_aggregate {
                     for a in 0..aggregates {
-                        batch.push(EssayGradedV1 { essay_id: format!("e-{w}-{a}"), seq });
+                        batch.push(EssayGradedV1 {
+                            essay_id: format!("e-{w}-{a}"),
+                            seq,
+                        });
                         if batch.len() == per_tx {
                             let mut tx = outbox.transactional_publish().await.unwrap();
                             tx.publish_all(&batch).await.unwrap();
@@ -70,7 +79,12 @@ async fn scenario(label: &str, bootstrap: &str, partitions: i32) -> Scenario {
     let topics = fixtures::prefixed_topics(&prefix);
     support::create_topics(bootstrap, &topics, partitions).await;
     let outbox = Outbox::new(db.pool.clone(), "faults");
-    Scenario { db, prefix, topics, outbox }
+    Scenario {
+        db,
+        prefix,
+        topics,
+        outbox,
+    }
 }
 
 fn report(name: &str, committed: usize, all: &[support::Received]) -> fixtures::Tally {
@@ -88,7 +102,16 @@ async fn several_relays_in_one_process_keep_order_while_rebalancing() {
     let s = scenario("multi", &bootstrap, 4).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let config = fixtures::relay_config(&s.prefix);
-    let spawn = || async { Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config.clone()).await.unwrap().spawn() };
+    let spawn = || async {
+        Relay::new(
+            s.db.pool.clone(),
+            fixtures::kafka(&bootstrap),
+            config.clone(),
+        )
+        .await
+        .unwrap()
+        .spawn()
+    };
     let a = spawn().await;
     let b = spawn().await;
     let c = spawn().await;
@@ -122,7 +145,12 @@ fn relay_binary() -> PathBuf {
     bin
 }
 
-fn start_relay_process(db_url: &str, bootstrap: &str, prefix: &str, extra: &[(&str, &str)]) -> Child {
+fn start_relay_process(
+    db_url: &str,
+    bootstrap: &str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(relay_binary());
     cmd.env("DATABASE_URL", db_url)
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
@@ -167,7 +195,11 @@ async fn relay_processes_killed_mid_stream_lose_nothing_and_keep_order() {
     let t = report("relay_processes_sigkilled", 6_000, &all);
     assert_eq!(t.received, 6_000, "nothing lost");
     assert_eq!(t.order_violations, 0, "order kept across crashes");
-    assert!(t.duplicates <= 2 * 100, "duplicates bounded by the batches in flight of the 2 crashed relays: {}", t.duplicates);
+    assert!(
+        t.duplicates <= 2 * 100,
+        "duplicates bounded by the batches in flight of the 2 crashed relays: {}",
+        t.duplicates
+    );
     sigkill(&mut c);
     collector.stop();
     s.db.drop_db().await;
@@ -179,9 +211,22 @@ async fn lost_database_connections_are_survived() {
     let s = scenario("connloss", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let app = format!("outbox-relay-{}", s.prefix.trim_end_matches('.'));
-    let options = PgConnectOptions::from_str(&s.db.url).unwrap().application_name(&app);
-    let relay_pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
-    let relay = Relay::new(relay_pool, fixtures::kafka(&bootstrap), fixtures::relay_config(&s.prefix)).await.unwrap().spawn();
+    let options = PgConnectOptions::from_str(&s.db.url)
+        .unwrap()
+        .application_name(&app);
+    let relay_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let relay = Relay::new(
+        relay_pool,
+        fixtures::kafka(&bootstrap),
+        fixtures::relay_config(&s.prefix),
+    )
+    .await
+    .unwrap()
+    .spawn();
     let writers = spawn_writers(&s.outbox, 2, 10, 150, 10); // 3,000 events
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
@@ -234,46 +279,82 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let mut config = fixtures::relay_config(&s.prefix);
     config.max_retries = 1_000;
     config.retention = outbox::Retention::Keep(Duration::from_secs(3600));
-    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config).await.unwrap().spawn();
+    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config)
+        .await
+        .unwrap()
+        .spawn();
     let writers = spawn_writers(&s.outbox, 2, 10, 100, 10); // 2,000 events
     collector.wait_for(400, Duration::from_secs(120)).await;
+    // The consumer is not under test: stop it across the restart and read
+    // the re-provisioned topics with a fresh one.
+    let before = collector.snapshot();
+    collector.stop();
     broker.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let restart_at: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT now()").fetch_one(&s.db.pool).await.unwrap();
+    // Events committed during the outage wait for the broker.
+    let during = {
+        let outbox = s.outbox.clone();
+        tokio::spawn(async move {
+            for seq in 0..20 {
+                let events: Vec<EssayGradedV1> = (0..5)
+                    .map(|a| EssayGradedV1 {
+                        essay_id: format!("outage-{a}"),
+                        seq,
+                    })
+                    .collect();
+                let mut tx = outbox.transactional_publish().await.unwrap();
+                tx.publish_all(&events).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+    }; // 100 more events
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restart_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
     let port = broker.port();
     let broker = support::TansuBroker::start(Some(port));
     // The in-memory broker forgot its topics; provision them again.
     support::create_topics(&broker.bootstrap(), &s.topics, 2).await;
-    for w in writers {
+    let collector = support::Collector::start(&broker.bootstrap(), &s.topics);
+    for w in writers.into_iter().chain([during]) {
         w.await.unwrap();
     }
     // Wait until the relay has delivered everything.
     for _ in 0..600 {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state <> 'published'")
-            .fetch_one(&s.db.pool)
-            .await
-            .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state <> 'published'")
+                .fetch_one(&s.db.pool)
+                .await
+                .unwrap();
         if pending == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let all = collector.settle(Duration::from_secs(3)).await;
-    let received: std::collections::HashSet<String> = all.iter().map(|m| m.headers["event_id"].clone()).collect();
+    let mut all = before;
+    all.extend(collector.settle(Duration::from_secs(3)).await);
+    let received: std::collections::HashSet<String> =
+        all.iter().map(|m| m.headers["event_id"].clone()).collect();
     let rows: Vec<(uuid::Uuid, String, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as("SELECT id, state, published_at FROM event_outbox").fetch_all(&s.db.pool).await.unwrap();
-    assert_eq!(rows.len(), 2_000);
+        sqlx::query_as("SELECT id, state, published_at FROM event_outbox")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2_100);
     let mut forgotten_by_broker = 0;
     for (id, state, published_at) in &rows {
         assert_eq!(state, "published", "event {id} was not delivered");
         if !received.contains(&id.to_string()) {
             let at = published_at.expect("published rows have published_at");
-            assert!(at < restart_at, "event {id} acknowledged after the restart ({at}) never arrived");
+            assert!(
+                at < restart_at,
+                "event {id} acknowledged after the restart ({at}) never arrived"
+            );
             forgotten_by_broker += 1;
         }
     }
-    let t = report("broker_restarted", 2_000, &all);
+    let t = report("broker_restarted", 2_100, &all);
     println!("acknowledged_then_forgotten_by_in_memory_broker={forgotten_by_broker}");
     assert_eq!(t.order_violations, 0);
     let stats = relay.shutdown().await.unwrap();
@@ -292,18 +373,52 @@ async fn bad_rows_inserted_by_hand_become_dead_and_others_flow() {
     let insert = "INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, topic, event_key, event_data)
                   VALUES (gen_random_uuid(), 'essay', $1, 'EssayGradedV1', $2, $1, $3::jsonb)";
     for (aggregate, topic, data) in [
-        ("bad-envelope", "faults.essay-graded.v1", r#""just a string""#),
-        ("missing-fields", "faults.essay-graded.v1", r#"{"hello": 1}"#),
-        ("empty-topic", "", r#"{"event_id": "x", "event_type": "E", "data": {}}"#),
-        ("invalid-topic", "bad topic!", r#"{"event_id": "x", "event_type": "E", "data": {}}"#),
+        (
+            "bad-envelope",
+            "faults.essay-graded.v1",
+            r#""just a string""#,
+        ),
+        (
+            "missing-fields",
+            "faults.essay-graded.v1",
+            r#"{"hello": 1}"#,
+        ),
+        (
+            "empty-topic",
+            "",
+            r#"{"event_id": "x", "event_type": "E", "data": {}}"#,
+        ),
+        (
+            "invalid-topic",
+            "bad topic!",
+            r#"{"event_id": "x", "event_type": "E", "data": {}}"#,
+        ),
     ] {
-        sqlx::query(insert).bind(aggregate).bind(topic).bind(data).execute(&s.db.pool).await.unwrap();
+        sqlx::query(insert)
+            .bind(aggregate)
+            .bind(topic)
+            .bind(data)
+            .execute(&s.db.pool)
+            .await
+            .unwrap();
     }
     let mut tx = s.outbox.transactional_publish().await.unwrap();
-    let good: Vec<EssayGradedV1> = (0..50).map(|i| EssayGradedV1 { essay_id: format!("good-{}", i % 5), seq: i }).collect();
+    let good: Vec<EssayGradedV1> = (0..50)
+        .map(|i| EssayGradedV1 {
+            essay_id: format!("good-{}", i % 5),
+            seq: i,
+        })
+        .collect();
     tx.publish_all(&good).await.unwrap();
     tx.commit().await.unwrap();
-    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), fixtures::relay_config(&s.prefix)).await.unwrap().spawn();
+    let relay = Relay::new(
+        s.db.pool.clone(),
+        fixtures::kafka(&bootstrap),
+        fixtures::relay_config(&s.prefix),
+    )
+    .await
+    .unwrap()
+    .spawn();
     collector.wait_for(50, Duration::from_secs(60)).await;
     let all = collector.settle(Duration::from_secs(2)).await;
     let t = report("bad_rows", 50, &all);
@@ -317,12 +432,17 @@ async fn bad_rows_inserted_by_hand_become_dead_and_others_flow() {
     assert_eq!(dead.len(), 4, "{dead:?}");
     for (aggregate, error) in &dead {
         match aggregate.as_str() {
-            "bad-envelope" | "missing-fields" => assert!(error.contains("malformed envelope"), "{error}"),
+            "bad-envelope" | "missing-fields" => {
+                assert!(error.contains("malformed envelope"), "{error}")
+            }
             "empty-topic" => assert!(error.contains("topic name is empty"), "{error}"),
             "invalid-topic" => assert!(error.contains("[A-Za-z0-9._-]"), "{error}"),
             other => panic!("unexpected dead row {other}"),
         }
-        assert!(error.contains("outbox retry"), "the error names the fix: {error}");
+        assert!(
+            error.contains("outbox retry"),
+            "the error names the fix: {error}"
+        );
     }
     relay.shutdown().await.unwrap();
     collector.stop();
@@ -334,19 +454,39 @@ async fn late_commit_of_an_earlier_seq_is_not_skipped() {
     let bootstrap = support::bootstrap_servers();
     let s = scenario("latecommit", &bootstrap, 1).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), fixtures::relay_config(&s.prefix)).await.unwrap().spawn();
+    let relay = Relay::new(
+        s.db.pool.clone(),
+        fixtures::kafka(&bootstrap),
+        fixtures::relay_config(&s.prefix),
+    )
+    .await
+    .unwrap()
+    .spawn();
     // Transaction A takes the lower seq but commits last.
     let mut a = s.outbox.transactional_publish().await.unwrap();
-    a.publish(&EssayGradedV1 { essay_id: "early".into(), seq: 0 }).await.unwrap();
+    a.publish(&EssayGradedV1 {
+        essay_id: "early".into(),
+        seq: 0,
+    })
+    .await
+    .unwrap();
     let mut b = s.outbox.transactional_publish().await.unwrap();
-    b.publish(&EssayGradedV1 { essay_id: "late".into(), seq: 0 }).await.unwrap();
+    b.publish(&EssayGradedV1 {
+        essay_id: "late".into(),
+        seq: 0,
+    })
+    .await
+    .unwrap();
     b.commit().await.unwrap();
     let first = collector.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(first[0].headers["aggregate_id"], "late");
     tokio::time::sleep(Duration::from_secs(1)).await; // several polls pass the higher seq
     a.commit().await.unwrap();
     let all = collector.wait_for(2, Duration::from_secs(30)).await;
-    assert_eq!(all[1].headers["aggregate_id"], "early", "the lower seq committed later is still delivered");
+    assert_eq!(
+        all[1].headers["aggregate_id"], "early",
+        "the lower seq committed later is still delivered"
+    );
     relay.shutdown().await.unwrap();
     collector.stop();
     s.db.drop_db().await;
@@ -357,26 +497,45 @@ async fn secrets_and_injections_in_configuration() {
     let db = support::TestDatabase::create("secrets").await;
     outbox::migrate(&db.pool).await.unwrap();
     // A password in the URL (trust auth ignores it) and an unreachable one.
-    let with_password = db.url.replacen("postgres://postgres@", "postgres://postgres:S3cretPa55word@", 1);
-    assert!(with_password.contains("S3cretPa55word"), "test URL has the expected shape: {}", db.url);
+    let with_password = db.url.replacen(
+        "postgres://postgres@",
+        "postgres://postgres:S3cretPa55word@",
+        1,
+    );
+    assert!(
+        with_password.contains("S3cretPa55word"),
+        "test URL has the expected shape: {}",
+        db.url
+    );
     let unreachable = "postgres://postgres:S3cretPa55word@127.0.0.1:1/nowhere".to_string();
-    for url in [&unreachable] {
+    {
         let out = Command::new(relay_binary())
-            .env("DATABASE_URL", url)
+            .env("DATABASE_URL", &unreachable)
             .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(!stderr.contains("S3cretPa55word"), "password leaked: {stderr}");
+        assert!(
+            !stderr.contains("S3cretPa55word"),
+            "password leaked: {stderr}"
+        );
     }
-    let mut child = start_relay_process(&with_password, "127.0.0.1:1", "", &[("RUST_LOG", "debug,rdkafka=warn")]);
+    let mut child = start_relay_process(
+        &with_password,
+        "127.0.0.1:1",
+        "",
+        &[("RUST_LOG", "debug,rdkafka=warn")],
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     sigkill(&mut child);
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("relay process ready"), "{stderr}");
-    assert!(!stderr.contains("S3cretPa55word"), "password leaked: {stderr}");
+    assert!(
+        !stderr.contains("S3cretPa55word"),
+        "password leaked: {stderr}"
+    );
     // Injection through the schema setting is refused before any SQL runs.
     let out = Command::new(relay_binary())
         .env("DATABASE_URL", &db.url)
@@ -387,7 +546,11 @@ async fn secrets_and_injections_in_configuration() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not a valid SQL identifier"), "{stderr}");
-    let still_there: Option<String> = sqlx::query_scalar("SELECT to_regclass('event_outbox')::text").fetch_one(&db.pool).await.unwrap();
+    let still_there: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('event_outbox')::text")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(still_there.is_some());
     db.drop_db().await;
 }

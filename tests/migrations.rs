@@ -21,9 +21,15 @@ async fn tables(pool: &sqlx::PgPool, schema: &str) -> Vec<String> {
 async fn migrations_apply_roll_back_and_reapply() {
     let db = support::TestDatabase::create("migrate").await;
     outbox::migrate(&db.pool).await.unwrap();
-    assert_eq!(tables(&db.pool, "public").await, ["event_outbox", "event_outbox_lease", "event_outbox_relay"]);
+    assert_eq!(
+        tables(&db.pool, "public").await,
+        ["event_outbox", "event_outbox_lease", "event_outbox_relay"]
+    );
     outbox::migrate(&db.pool).await.expect("idempotent");
-    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox_lease").fetch_one(&db.pool).await.unwrap();
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox_lease")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(leases, 64);
     MIGRATOR.undo(&db.pool, 0).await.expect("rolls back");
     assert!(tables(&db.pool, "public").await.is_empty());
@@ -45,9 +51,13 @@ async fn migrations_into_a_configured_schema() {
 #[tokio::test]
 async fn relay_without_tables_names_the_fix() {
     let db = support::TestDatabase::create("notable").await;
-    let err = Relay::new(db.pool.clone(), fixtures::kafka("127.0.0.1:1"), fixtures::relay_config(""))
-        .await
-        .unwrap_err();
+    let err = Relay::new(
+        db.pool.clone(),
+        fixtures::kafka("127.0.0.1:1"),
+        fixtures::relay_config(""),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RelayError::MissingTable { .. }), "{err}");
     assert!(err.to_string().contains("run the migrations"), "{err}");
     db.drop_db().await;
@@ -59,7 +69,9 @@ async fn relay_refuses_non_idempotent_producer_settings() {
     outbox::migrate(&db.pool).await.unwrap();
     let mut kafka = fixtures::kafka("127.0.0.1:1");
     kafka.set("acks", "1");
-    let err = Relay::new(db.pool.clone(), kafka, fixtures::relay_config("")).await.unwrap_err();
+    let err = Relay::new(db.pool.clone(), kafka, fixtures::relay_config(""))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("requires acks=all"), "{err}");
     db.drop_db().await;
 }

@@ -34,16 +34,37 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
     kafka.set("message.max.bytes", "50000"); // the size limit messages must respect
     let mut config = fixtures::relay_config(&prefix);
     config.max_retries = 2;
-    let handle = Relay::new(db.pool.clone(), kafka, config).await.unwrap().spawn();
+    let handle = Relay::new(db.pool.clone(), kafka, config)
+        .await
+        .unwrap()
+        .spawn();
 
     let mut tx = outbox.transactional_publish().await.unwrap();
-    tx.publish(&EssayUploadedV1 { essay_id: "poison".into(), seq: 0, content: "x".repeat(200_000) }).await.unwrap();
-    tx.publish(&EssayUploadedV1 { essay_id: "poison".into(), seq: 1, content: "small".into() }).await.unwrap();
+    tx.publish(&EssayUploadedV1 {
+        essay_id: "poison".into(),
+        seq: 0,
+        content: "x".repeat(200_000),
+    })
+    .await
+    .unwrap();
+    tx.publish(&EssayUploadedV1 {
+        essay_id: "poison".into(),
+        seq: 1,
+        content: "small".into(),
+    })
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     for round in 0..20 {
         let mut tx = outbox.transactional_publish().await.unwrap();
         for a in 0..5 {
-            tx.publish(&EssayUploadedV1 { essay_id: format!("ok-{a}"), seq: round, content: "fine".into() }).await.unwrap();
+            tx.publish(&EssayUploadedV1 {
+                essay_id: format!("ok-{a}"),
+                seq: round,
+                content: "fine".into(),
+            })
+            .await
+            .unwrap();
         }
         tx.commit().await.unwrap();
     }
@@ -66,12 +87,18 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
     let (retries, error) = dead.expect("the oversized event becomes dead");
     assert_eq!(retries, 3, "first attempt + max_retries");
     let error = error.unwrap_or_default();
-    assert!(error.to_lowercase().contains("too large"), "readable last_error: {error}");
+    assert!(
+        error.to_lowercase().contains("too large"),
+        "readable last_error: {error}"
+    );
 
     let all = collector.settle(Duration::from_secs(3)).await;
     let t = fixtures::tally(&all);
     assert_eq!(t.received, 100, "other aggregates flowed: {}", t.received);
-    assert!(all.iter().all(|m| m.headers["aggregate_id"] != "poison"), "the poison aggregate's later event waits behind the dead one");
+    assert!(
+        all.iter().all(|m| m.headers["aggregate_id"] != "poison"),
+        "the poison aggregate's later event waits behind the dead one"
+    );
     let waiting: String = sqlx::query_scalar("SELECT state FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '1'")
         .fetch_one(&db.pool)
         .await

@@ -20,16 +20,28 @@ struct EssayScoredV1 {
 
 /// Writers that each own `aggregates` aggregates and commit their events in
 /// small transactions, so commit order interleaves across writers.
-async fn write(outbox: &Outbox, writers: usize, aggregates_per_writer: usize, events_per_aggregate: usize, per_tx: usize) {
+async fn write(
+    outbox: &Outbox,
+    writers: usize,
+    aggregates_per_writer: usize,
+    events_per_aggregate: usize,
+    per_tx: usize,
+) {
     let mut tasks = Vec::new();
     for w in 0..writers {
         let outbox = outbox.clone();
         tasks.push(tokio::spawn(async move {
-            let aggregates: Vec<String> = (0..aggregates_per_writer).map(|a| format!("essay-{w}-{a}")).collect();
+            let aggregates: Vec<String> = (0..aggregates_per_writer)
+                .map(|a| format!("essay-{w}-{a}"))
+                .collect();
             let mut pending = Vec::new();
             for seq in 0..events_per_aggregate {
                 for a in &aggregates {
-                    pending.push(EssayScoredV1 { essay_id: a.clone(), seq: seq as i64, body: "x".repeat(200) });
+                    pending.push(EssayScoredV1 {
+                        essay_id: a.clone(),
+                        seq: seq as i64,
+                        body: "x".repeat(200),
+                    });
                     if pending.len() == per_tx {
                         let mut tx = outbox.transactional_publish().await.unwrap();
                         tx.publish_all(&pending).await.unwrap();
@@ -61,10 +73,14 @@ async fn ten_thousand_events_over_a_hundred_aggregates_arrive_in_order_once() {
     support::create_topics(&bootstrap, &topics, 4).await;
     let collector = support::Collector::start(&bootstrap, &topics);
     let outbox = Outbox::new(db.pool.clone(), "load");
-    let handle = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), fixtures::relay_config(&prefix))
-        .await
-        .unwrap()
-        .spawn();
+    let handle = Relay::new(
+        db.pool.clone(),
+        fixtures::kafka(&bootstrap),
+        fixtures::relay_config(&prefix),
+    )
+    .await
+    .unwrap()
+    .spawn();
 
     // 10 writers x 10 aggregates x 100 events, 10 events per transaction,
     // written while the relay runs.
@@ -73,10 +89,16 @@ async fn ten_thousand_events_over_a_hundred_aggregates_arrive_in_order_once() {
     let got = collector.wait_for(10_000, Duration::from_secs(180)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
     let t = fixtures::tally(&all);
-    println!("tally: committed=10000 delivered={} duplicates={} order_violations={}", t.received, t.duplicates, t.order_violations);
+    println!(
+        "tally: committed=10000 delivered={} duplicates={} order_violations={}",
+        t.received, t.duplicates, t.order_violations
+    );
     assert!(got.len() >= 10_000);
     assert_eq!(t.received, 10_000, "every committed event arrives");
-    assert_eq!(t.duplicates, 0, "no duplicates with one relay and no faults");
+    assert_eq!(
+        t.duplicates, 0,
+        "no duplicates with one relay and no faults"
+    );
     assert_eq!(t.order_violations, 0, "each aggregate in commit order");
     let stats = handle.shutdown().await.unwrap();
     assert_eq!(stats.delivered, 10_000);
@@ -99,26 +121,45 @@ async fn graceful_shutdown_mid_backlog_then_restart_delivers_exactly_once() {
 
     let mut config = fixtures::relay_config(&prefix);
     config.batch_size = 50;
-    let first = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config.clone()).await.unwrap().spawn();
+    let first = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config.clone())
+        .await
+        .unwrap()
+        .spawn();
     collector.wait_for(300, Duration::from_secs(60)).await;
     let stats = first.shutdown().await.unwrap();
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(pending > 0, "shutdown happened mid-backlog (delivered {})", stats.delivered);
-    assert_eq!(stats.delivered as i64 + pending, 3_000, "every delivered row was marked before shutdown returned");
-    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox_lease WHERE owner IS NOT NULL")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        pending > 0,
+        "shutdown happened mid-backlog (delivered {})",
+        stats.delivered
+    );
+    assert_eq!(
+        stats.delivered as i64 + pending,
+        3_000,
+        "every delivered row was marked before shutdown returned"
+    );
+    let leases: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox_lease WHERE owner IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(leases, 0, "a stopped relay gives its leases back");
 
-    let second = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config).await.unwrap().spawn();
+    let second = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config)
+        .await
+        .unwrap()
+        .spawn();
     collector.wait_for(3_000, Duration::from_secs(120)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
     let t = fixtures::tally(&all);
-    println!("tally: committed=3000 delivered={} duplicates={} order_violations={}", t.received, t.duplicates, t.order_violations);
+    println!(
+        "tally: committed=3000 delivered={} duplicates={} order_violations={}",
+        t.received, t.duplicates, t.order_violations
+    );
     assert_eq!(t.received, 3_000);
     assert_eq!(t.duplicates, 0, "exactly once across a graceful restart");
     assert_eq!(t.order_violations, 0);

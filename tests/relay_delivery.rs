@@ -10,7 +10,11 @@ use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Serialize, OutboxEvent)]
-#[outbox_event(topic = "files.batch-file-added.v1", aggregate = "file_upload", version = 2)]
+#[outbox_event(
+    topic = "files.batch-file-added.v1",
+    aggregate = "file_upload",
+    version = 2
+)]
 struct BatchFileAddedV1 {
     #[outbox_event(aggregate_id)]
     file_upload_id: String,
@@ -38,9 +42,13 @@ async fn setup(label: &str) -> (support::TestDatabase, String, support::Collecto
 async fn committed_event_arrives_with_topic_key_headers_and_envelope() {
     let (db, prefix, collector) = setup("commit").await;
     let outbox = Outbox::new(db.pool.clone(), "file_service");
-    let relay = Relay::new(db.pool.clone(), fixtures::kafka(&support::bootstrap_servers()), fixtures::relay_config(&prefix))
-        .await
-        .expect("relay starts");
+    let relay = Relay::new(
+        db.pool.clone(),
+        fixtures::kafka(&support::bootstrap_servers()),
+        fixtures::relay_config(&prefix),
+    )
+    .await
+    .expect("relay starts");
     let handle = relay.spawn();
 
     let correlation = Uuid::new_v4();
@@ -70,7 +78,11 @@ async fn committed_event_arrives_with_topic_key_headers_and_envelope() {
     let got = collector.wait_for(1, Duration::from_secs(30)).await;
     let m = &got[0];
     assert_eq!(m.topic, format!("{prefix}files.batch-file-added.v1"));
-    assert_eq!(m.key.as_deref(), Some("batch-7"), "key is the #[outbox_event(key)] field");
+    assert_eq!(
+        m.key.as_deref(),
+        Some("batch-7"),
+        "key is the #[outbox_event(key)] field"
+    );
     let h = &m.headers;
     assert_eq!(h["event_id"], event_id.to_string());
     assert_eq!(h["event_type"], "BatchFileAddedV1");
@@ -88,14 +100,24 @@ async fn committed_event_arrives_with_topic_key_headers_and_envelope() {
     assert_eq!(e["aggregate_id"], "f-1");
     assert_eq!(e["data"]["file_name"], "essay.txt");
     assert_eq!(e["metadata"]["traceparent"], traceparent);
-    assert!(e["event_timestamp"].as_str().is_some_and(|t| t.contains('T')));
-    assert_eq!(Uuid::parse_str(e["event_id"].as_str().unwrap()).unwrap().get_version_num(), 7);
+    assert!(e["event_timestamp"]
+        .as_str()
+        .is_some_and(|t| t.contains('T')));
+    assert_eq!(
+        Uuid::parse_str(e["event_id"].as_str().unwrap())
+            .unwrap()
+            .get_version_num(),
+        7
+    );
 
     let all = collector.settle(Duration::from_secs(2)).await;
     assert_eq!(all.len(), 1, "delivered exactly once");
     let stats = handle.shutdown().await.unwrap();
     assert_eq!(stats.delivered, 1);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(&db.pool).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(left, 0, "default retention deletes delivered rows");
     collector.stop();
     db.drop_db().await;
@@ -118,9 +140,18 @@ async fn upload_then_fail(outbox: &Outbox) -> Result<(), BusinessError> {
     sqlx::query("INSERT INTO file_uploads (id, batch_id) VALUES ('f-err', 'b-err')")
         .execute(&mut *tx)
         .await
-        .map_err(|e| BusinessError::Outbox(PublishError::Database { action: "test", source: e }))?;
-    tx.publish(&BatchFileAddedV1 { file_upload_id: "f-err".into(), batch_id: "b-err".into(), file_name: "x".into() })
-        .await?;
+        .map_err(|e| {
+            BusinessError::Outbox(PublishError::Database {
+                action: "test",
+                source: e,
+            })
+        })?;
+    tx.publish(&BatchFileAddedV1 {
+        file_upload_id: "f-err".into(),
+        batch_id: "b-err".into(),
+        file_name: "x".into(),
+    })
+    .await?;
     // Business logic decides to fail: the `?` drops the guard uncommitted.
     Err(BusinessError::Rejected)
 }
@@ -129,10 +160,14 @@ async fn upload_then_fail(outbox: &Outbox) -> Result<(), BusinessError> {
 async fn rollback_or_business_error_publishes_nothing() {
     let (db, prefix, collector) = setup("rollback").await;
     let outbox = Outbox::new(db.pool.clone(), "file_service");
-    let handle = Relay::new(db.pool.clone(), fixtures::kafka(&support::bootstrap_servers()), fixtures::relay_config(&prefix))
-        .await
-        .unwrap()
-        .spawn();
+    let handle = Relay::new(
+        db.pool.clone(),
+        fixtures::kafka(&support::bootstrap_servers()),
+        fixtures::relay_config(&prefix),
+    )
+    .await
+    .unwrap()
+    .spawn();
 
     // 1. Guard dropped without commit.
     {
@@ -141,34 +176,61 @@ async fn rollback_or_business_error_publishes_nothing() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        tx.publish(&BatchFileAddedV1 { file_upload_id: "f-drop".into(), batch_id: "b-drop".into(), file_name: "x".into() })
-            .await
-            .unwrap();
+        tx.publish(&BatchFileAddedV1 {
+            file_upload_id: "f-drop".into(),
+            batch_id: "b-drop".into(),
+            file_name: "x".into(),
+        })
+        .await
+        .unwrap();
     }
     // 2. Explicit rollback.
     let mut tx = outbox.transactional_publish().await.unwrap();
-    tx.publish(&BatchFileAddedV1 { file_upload_id: "f-rb".into(), batch_id: "b-rb".into(), file_name: "x".into() })
-        .await
-        .unwrap();
+    tx.publish(&BatchFileAddedV1 {
+        file_upload_id: "f-rb".into(),
+        batch_id: "b-rb".into(),
+        file_name: "x".into(),
+    })
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     // 3. An error returned by business logic inside the guard.
-    assert!(matches!(upload_then_fail(&outbox).await, Err(BusinessError::Rejected)));
+    assert!(matches!(
+        upload_then_fail(&outbox).await,
+        Err(BusinessError::Rejected)
+    ));
 
     // A marker committed afterwards proves the relay was running and
     // caught up: everything before it had its chance to arrive.
     let mut tx = outbox.transactional_publish().await.unwrap();
-    tx.publish(&BatchFileAddedV1 { file_upload_id: "f-ok".into(), batch_id: "b-ok".into(), file_name: "x".into() })
-        .await
-        .unwrap();
+    tx.publish(&BatchFileAddedV1 {
+        file_upload_id: "f-ok".into(),
+        batch_id: "b-ok".into(),
+        file_name: "x".into(),
+    })
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     collector.wait_for(1, Duration::from_secs(30)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
-    let ids: Vec<&str> = all.iter().map(|m| m.headers["aggregate_id"].as_str()).collect();
+    let ids: Vec<&str> = all
+        .iter()
+        .map(|m| m.headers["aggregate_id"].as_str())
+        .collect();
     assert_eq!(ids, ["f-ok"], "only the committed event arrives");
-    let business: i64 = sqlx::query_scalar("SELECT count(*) FROM file_uploads").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(business, 0, "no business rows from rolled-back transactions");
-    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(&db.pool).await.unwrap();
+    let business: i64 = sqlx::query_scalar("SELECT count(*) FROM file_uploads")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        business, 0,
+        "no business rows from rolled-back transactions"
+    );
+    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(outbox_rows, 0);
     handle.shutdown().await.unwrap();
     collector.stop();
@@ -194,16 +256,43 @@ async fn serialization_failure_is_typed_and_writes_nothing() {
     outbox::migrate(&db.pool).await.unwrap();
     let outbox = Outbox::new(db.pool.clone(), "svc");
     let mut tx = outbox.transactional_publish().await.unwrap();
-    let good = BatchFileAddedV1 { file_upload_id: "a".into(), batch_id: "b".into(), file_name: "c".into() };
+    let good = BatchFileAddedV1 {
+        file_upload_id: "a".into(),
+        batch_id: "b".into(),
+        file_name: "c".into(),
+    };
     let mut batch = tx.batch();
     batch.push(&good).unwrap();
-    let err = batch.push(&Unserializable { id: "x".into(), broken: 1 }).unwrap_err();
-    assert!(matches!(err, PublishError::Serialize { event_type: "Unserializable", .. }), "{err}");
+    let err = batch
+        .push(&Unserializable {
+            id: "x".into(),
+            broken: 1,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PublishError::Serialize {
+                event_type: "Unserializable",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("refuses to serialize"), "{err}");
-    let err = tx.publish(&Unserializable { id: "x".into(), broken: 1 }).await.unwrap_err();
+    let err = tx
+        .publish(&Unserializable {
+            id: "x".into(),
+            broken: 1,
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(err, PublishError::Serialize { .. }));
     tx.commit().await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(&db.pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(rows, 0);
     db.drop_db().await;
 }
@@ -214,16 +303,21 @@ async fn publish_all_writes_many_events_in_one_statement_in_order() {
     outbox::migrate(&db.pool).await.unwrap();
     let outbox = Outbox::new(db.pool.clone(), "svc");
     let events: Vec<BatchFileAddedV1> = (0..500)
-        .map(|i| BatchFileAddedV1 { file_upload_id: format!("f-{i}"), batch_id: "b".into(), file_name: i.to_string() })
+        .map(|i| BatchFileAddedV1 {
+            file_upload_id: format!("f-{i}"),
+            batch_id: "b".into(),
+            file_name: i.to_string(),
+        })
         .collect();
     let mut tx = outbox.transactional_publish().await.unwrap();
     let ids = tx.publish_all(&events).await.unwrap();
     tx.commit().await.unwrap();
-    let stored: Vec<(uuid::Uuid, String)> =
-        sqlx::query_as("SELECT id, event_data->'data'->>'file_name' FROM event_outbox ORDER BY seq")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let stored: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, event_data->'data'->>'file_name' FROM event_outbox ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(stored.len(), 500);
     for (i, (id, name)) in stored.iter().enumerate() {
         assert_eq!(*id, ids[i]);
@@ -233,7 +327,10 @@ async fn publish_all_writes_many_events_in_one_statement_in_order() {
     let mut own = db.pool.begin().await.unwrap();
     outbox.publish_in(&mut own, &events[0]).await.unwrap();
     own.commit().await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox").fetch_one(&db.pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(rows, 501);
     db.drop_db().await;
 }

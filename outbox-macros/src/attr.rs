@@ -16,11 +16,12 @@ pub(crate) const TOPIC: &str = "topic";
 pub(crate) const AGGREGATE: &str = "aggregate";
 pub(crate) const EVENT_TYPE: &str = "event_type";
 pub(crate) const VERSION: &str = "version";
+pub(crate) const JSON_SCHEMA: &str = "json_schema";
 
 pub(crate) const AGGREGATE_ID: &str = "aggregate_id";
 pub(crate) const KEY: &str = "key";
 
-const CONTAINER_KEYS: &[&str] = &[TOPIC, AGGREGATE, EVENT_TYPE, VERSION];
+const CONTAINER_KEYS: &[&str] = &[TOPIC, AGGREGATE, EVENT_TYPE, VERSION, JSON_SCHEMA];
 const FIELD_KEYS: &[&str] = &[AGGREGATE_ID, KEY];
 
 /// A key that may be given once across all `#[outbox_event]` attributes of
@@ -72,6 +73,8 @@ pub(crate) struct Container<'a> {
     pub(crate) aggregate: Option<Checked<String>>,
     pub(crate) event_type: Option<Checked<String>>,
     pub(crate) version: Option<Checked<u32>>,
+    /// `json_schema`: publish the payload's JSON schema in the registry.
+    pub(crate) json_schema: Option<Ident>,
 }
 
 impl<'a> Container<'a> {
@@ -82,6 +85,7 @@ impl<'a> Container<'a> {
         let mut aggregate = Attr::none(cx, AGGREGATE);
         let mut event_type = Attr::none(cx, EVENT_TYPE);
         let mut version = Attr::none(cx, VERSION);
+        let mut json_schema = Attr::none(cx, JSON_SCHEMA);
 
         for attr in outbox_event_attrs(cx, attrs, &mut malformed) {
             let result = attr.parse_nested_meta(|meta| {
@@ -97,6 +101,9 @@ impl<'a> Container<'a> {
                 } else if meta.path.is_ident(VERSION) {
                     let value = version_value(cx, &meta)?;
                     version.set(&meta.path, value);
+                } else if let Some(ident) = meta.path.get_ident().filter(|i| *i == JSON_SCHEMA) {
+                    flag_without_value(cx, &meta, JSON_SCHEMA)?;
+                    json_schema.set(&meta.path, ident.clone());
                 } else if let Some(key) = FIELD_KEYS.iter().find(|key| meta.path.is_ident(key)) {
                     cx.error_spanned_by(
                         &meta.path,
@@ -129,6 +136,7 @@ impl<'a> Container<'a> {
             aggregate: aggregate.get(),
             event_type: event_type.get(),
             version: version.get(),
+            json_schema: json_schema.get(),
         }
     }
 }

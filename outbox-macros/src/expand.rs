@@ -39,6 +39,19 @@ fn expand(event: &Event) -> TokenStream {
         }
     });
 
+    // Spanned on the `json_schema` key: a type that does not implement
+    // `schemars::JsonSchema` is reported there, where the schema was asked for.
+    let payload_schema = match &event.json_schema {
+        Some(marker) => {
+            let mut ty = ident.clone();
+            ty.set_span(marker.span());
+            let schema_fn =
+                quote_spanned!(marker.span()=> ::outbox::__private::payload_schema::<#ty>);
+            quote!(::core::option::Option::Some(#schema_fn))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+
     // One constant feeds both the impl and the registry, so the submission
     // does not go through the trait: if the type is not `Serialize`, the
     // impl header (spanned on the user's identifier) is the only error.
@@ -53,7 +66,7 @@ fn expand(event: &Event) -> TokenStream {
                     #version,
                     #description,
                     ::outbox::__private::TypeId::of::<#ident>,
-                    ::core::option::Option::None,
+                    #payload_schema,
                 );
 
             #[automatically_derived]
@@ -135,6 +148,21 @@ mod tests {
         assert!(!out.contains("compile_error"), "{out}");
         let submit = quote!(::outbox::__private::inventory::submit! { __REGISTRATION });
         assert!(out.contains(&submit.to_string()), "{out}");
+    }
+
+    #[test]
+    fn json_schema_fills_the_payload_schema() {
+        let out = expand_str(parse_quote! {
+            #[outbox_event(topic = "t", aggregate = "a", json_schema)]
+            struct E {
+                #[outbox_event(aggregate_id)]
+                id: u64,
+            }
+        });
+        let schema = quote! {
+            ::core::option::Option::Some(::outbox::__private::payload_schema::<E>)
+        };
+        assert!(out.contains(&schema.to_string()), "{out}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub(crate) struct Event<'a> {
     pub(crate) description: String,
     pub(crate) aggregate_id: EventField<'a>,
     pub(crate) key: Option<EventField<'a>>,
+    /// Set by `json_schema`: the payload's JSON schema goes into the
+    /// registration. The identifier spans the generated bound.
+    pub(crate) json_schema: Option<Ident>,
 }
 
 /// A field the generated code reads.
@@ -86,6 +89,7 @@ fn parse_with<'a>(cx: &Ctxt, input: &'a DeriveInput) -> Option<Event<'a>> {
         description: description(&input.attrs),
         aggregate_id: aggregate_id?,
         key,
+        json_schema: container.json_schema,
     })
 }
 
@@ -259,6 +263,29 @@ mod tests {
         assert_eq!(event.description, "");
         assert_eq!(event.aggregate_id.ident, "id");
         assert!(event.key.is_none());
+        assert!(event.json_schema.is_none());
+    }
+
+    #[test]
+    fn json_schema_is_a_flag() {
+        let input: DeriveInput = parse_quote! {
+            #[outbox_event(topic = "t", aggregate = "a", json_schema)]
+            struct E { #[outbox_event(aggregate_id)] id: u64 }
+        };
+        let event = parse(&input).unwrap_or_else(|e| panic!("{e}"));
+        assert!(event.json_schema.is_some());
+        let input = parse_quote! {
+            #[outbox_event(topic = "t", aggregate = "a", json_schema = "draft-07", json_schema)]
+            struct E { #[outbox_event(aggregate_id, json_schema)] id: u64 }
+        };
+        assert_eq!(
+            errors(&input),
+            [
+                "`json_schema` takes no value: write `#[outbox_event(json_schema)]`",
+                "duplicate `json_schema`: give it once across all `#[outbox_event(...)]` attributes",
+                "`json_schema` belongs on the struct: move it to the `#[outbox_event(...)]` above the struct",
+            ]
+        );
     }
 
     #[test]

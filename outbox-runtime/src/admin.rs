@@ -305,11 +305,7 @@ pub async fn show(
 ///
 /// Fails with [`AdminError::NotFound`] when no row has the id and
 /// [`AdminError::NotDead`] when the event is not dead.
-pub async fn retry(
-    pool: &PgPool,
-    schema: Option<&SchemaName>,
-    id: Uuid,
-) -> Result<(), AdminError> {
+pub async fn retry(pool: &PgPool, schema: Option<&SchemaName>, id: Uuid) -> Result<(), AdminError> {
     let names = Names::new(schema);
     let mut tx = pool
         .begin()

@@ -196,7 +196,9 @@ impl Worker {
                 self.producer = fresh;
                 self.unreachable_batches = 0;
             }
-            Err(error) => tracing::warn!(%error, "outbox relay could not create a new Kafka producer; keeping the old one"),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay could not create a new Kafka producer; keeping the old one")
+            }
         }
     }
 

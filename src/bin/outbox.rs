@@ -1,0 +1,5 @@
+//! The `outbox` command line; see `docs/cli.md` or `outbox --help`.
+
+fn main() -> std::process::ExitCode {
+    outbox::cli::run()
+}

@@ -1,0 +1,15 @@
+use outbox::OutboxEvent;
+use serde::Serialize;
+
+#[derive(Serialize, schemars::JsonSchema, OutboxEvent)]
+#[outbox_event(
+    topic = "files.file-uploaded.v1",
+    aggregate = "file_upload",
+    json_schema = "draft-07"
+)]
+struct FileUploadedV1 {
+    #[outbox_event(aggregate_id)]
+    file_upload_id: u64,
+}
+
+fn main() {}
