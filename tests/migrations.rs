@@ -75,3 +75,47 @@ async fn relay_refuses_non_idempotent_producer_settings() {
     assert!(err.to_string().contains("requires acks=all"), "{err}");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn relay_without_privileges_names_the_grant() {
+    let db = support::TestDatabase::create("noprivs").await;
+    outbox::migrate(&db.pool).await.unwrap();
+    let role = format!(
+        "outbox_ro_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("GRANT SELECT ON event_outbox TO {role}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&db.url)
+        .unwrap()
+        .username(&role);
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    let err = Relay::new(
+        pool.clone(),
+        fixtures::kafka("127.0.0.1:1"),
+        fixtures::relay_config(""),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RelayError::MissingPrivileges { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("INSERT, UPDATE, DELETE") && text.contains("GRANT"),
+        "{text}"
+    );
+    pool.close().await;
+    db.drop_db().await;
+    let admin = sqlx::PgPool::connect(&support::database_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

@@ -281,3 +281,42 @@ impl RelayHandle {
         self.join.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_settings_pass_through_unchanged_and_guarantees_are_enforced() {
+        let mut user = ClientConfig::new();
+        user.set("bootstrap.servers", "broker:9093")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "svc")
+            .set("sasl.password", "p@ss word")
+            .set("ssl.ca.location", "/etc/ca.pem");
+        let (cc, timeout) = producer_config(&user, &RelayConfig::default()).unwrap();
+        for (key, value) in user.config_map() {
+            assert_eq!(cc.get(key), Some(value.as_str()), "{key} passed through");
+        }
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("message.timeout.ms"), Some("10000"));
+        assert_eq!(timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn weakening_overrides_are_refused() {
+        let mut user = ClientConfig::new();
+        user.set("enable.idempotence", "false");
+        let err = producer_config(&user, &RelayConfig::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("requires enable.idempotence=true"),
+            "{err}"
+        );
+        let mut user = ClientConfig::new();
+        user.set("message.timeout.ms", "60000");
+        let err = producer_config(&user, &RelayConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("lease_ttl"), "{err}");
+    }
+}
