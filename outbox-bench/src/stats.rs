@@ -1,0 +1,51 @@
+//! Percentiles and the result table.
+
+use std::time::Duration;
+
+/// The `p`-th percentile (0..=100) of `samples` (sorted in place).
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One target and whether it was met.
+pub struct Target {
+    pub figure: String,
+    pub value: f64,
+    pub target: String,
+    pub met: bool,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// Prints one `name=value` line.
+    pub fn figure(&self, name: &str, value: f64) {
+        println!("{name}={value:.3}");
+    }
+
+    pub fn target(&mut self, name: &str, value: f64, target: &str, met: bool) {
+        self.figure(name, value);
+        self.targets.push(Target { figure: name.into(), value, target: target.into(), met });
+    }
+
+    pub fn print_table(&self) {
+        println!();
+        println!("| figure | value | target | met |");
+        println!("|---|---:|---|---|");
+        for t in &self.targets {
+            println!("| {} | {:.3} | {} | {} |", t.figure, t.value, t.target, if t.met { "yes" } else { "NO" });
+        }
+    }
+}
