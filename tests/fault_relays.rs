@@ -145,62 +145,94 @@ fn relay_binary() -> PathBuf {
     bin
 }
 
-fn start_relay_process(
-    db_url: &str,
-    bootstrap: &str,
-    prefix: &str,
-    extra: &[(&str, &str)],
-) -> Child {
-    let mut cmd = Command::new(relay_binary());
-    cmd.env("DATABASE_URL", db_url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("OUTBOX_TOPIC_PREFIX", prefix)
-        .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.25")
-        .env("OUTBOX_ERROR_RETRY_INTERVAL_SECONDS", "0.2")
-        .env("OUTBOX_MAX_RETRY_INTERVAL_SECONDS", "1")
-        .env("OUTBOX_LEASE_TTL_SECONDS", "6")
-        .env("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2")
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
+/// A relay process (`examples/relay_worker`) whose log goes to a file, so a
+/// chatty relay never blocks on a full pipe and a failing test can show it.
+struct RelayProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl RelayProcess {
+    fn start(db_url: &str, bootstrap: &str, prefix: &str, extra: &[(&str, &str)]) -> RelayProcess {
+        let log = std::env::temp_dir().join(format!("{}.log", support::unique("relay-process")));
+        let file = std::fs::File::create(&log).expect("relay log file");
+        let mut cmd = Command::new(relay_binary());
+        cmd.env("DATABASE_URL", db_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("OUTBOX_TOPIC_PREFIX", prefix)
+            .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.25")
+            .env("OUTBOX_ERROR_RETRY_INTERVAL_SECONDS", "0.2")
+            .env("OUTBOX_MAX_RETRY_INTERVAL_SECONDS", "1")
+            .env("OUTBOX_LEASE_TTL_SECONDS", "6")
+            .env("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2")
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("relay process starts");
+        RelayProcess { child, log }
     }
-    cmd.spawn().expect("relay process starts")
+
+    /// SIGKILL on Unix: no shutdown, no marking of the batch in flight.
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
-fn sigkill(child: &mut Child) {
-    child.kill().unwrap(); // SIGKILL on Unix: no shutdown, no marking
-    child.wait().unwrap();
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of relay process {} ---\n{}",
+                self.child.id(),
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
 }
 
+/// Guarantee 3 with relays as separate OS processes: three relays share
+/// 20,000 events over 200 aggregates written by concurrent writers; one is
+/// killed with SIGKILL mid-stream and restarted, another is killed for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_processes_killed_mid_stream_lose_nothing_and_keep_order() {
+    const EVENTS: usize = 20_000;
+    const BATCH: usize = 100; // relay_worker's OUTBOX_BATCH_SIZE default
     let bootstrap = support::bootstrap_servers();
     let s = scenario("kill", &bootstrap, 4).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    let mut a = start_relay_process(&s.db.url, &bootstrap, &s.prefix, &[]);
-    let mut b = start_relay_process(&s.db.url, &bootstrap, &s.prefix, &[]);
-    let writers = spawn_writers(&s.outbox, 3, 20, 100, 20); // 6,000 events, 60 aggregates
-    collector.wait_for(1_000, Duration::from_secs(120)).await;
-    sigkill(&mut a);
-    let mut c = start_relay_process(&s.db.url, &bootstrap, &s.prefix, &[]);
-    collector.wait_for(3_000, Duration::from_secs(120)).await;
-    sigkill(&mut b);
+    let start = || RelayProcess::start(&s.db.url, &bootstrap, &s.prefix, &[]);
+    let (mut a, mut b, c) = (start(), start(), start());
+    let writers = spawn_writers(&s.outbox, 4, 50, 100, 20); // 4 x 50 aggregates x 100 events
+    collector.wait_for(4_000, Duration::from_secs(180)).await;
+    a.sigkill();
+    let a_again = start(); // killed and restarted
+    collector.wait_for(10_000, Duration::from_secs(180)).await;
+    b.sigkill(); // killed for good: its shards move to the survivors when its leases expire
     for w in writers {
         w.await.unwrap();
     }
-    collector.wait_for(6_000, Duration::from_secs(180)).await;
+    collector.wait_for(EVENTS, Duration::from_secs(300)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
-    let t = report("relay_processes_sigkilled", 6_000, &all);
-    assert_eq!(t.received, 6_000, "nothing lost");
+    let t = report("relay_processes_sigkilled", EVENTS, &all);
+    assert_eq!(t.received, EVENTS, "nothing lost");
     assert_eq!(t.order_violations, 0, "order kept across crashes");
     assert!(
-        t.duplicates <= 2 * 100,
-        "duplicates bounded by the batches in flight of the 2 crashed relays: {}",
+        t.duplicates <= 2 * BATCH,
+        "duplicates bounded by the batches in flight of the 2 killed relays: {}",
         t.duplicates
     );
-    sigkill(&mut c);
+    drop((a_again, c));
     collector.stop();
     s.db.drop_db().await;
 }
@@ -521,16 +553,15 @@ async fn secrets_and_injections_in_configuration() {
             "password leaked: {stderr}"
         );
     }
-    let mut child = start_relay_process(
+    let mut child = RelayProcess::start(
         &with_password,
         "127.0.0.1:1",
         "",
         &[("RUST_LOG", "debug,rdkafka=warn")],
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    sigkill(&mut child);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    child.sigkill();
+    let stderr = child.log();
     assert!(stderr.contains("relay process ready"), "{stderr}");
     assert!(
         !stderr.contains("S3cretPa55word"),

@@ -27,7 +27,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let env = match setup::Env::from_env() {
         Ok(env) => env,
@@ -36,7 +39,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sizes = if args.quick { scenarios::Sizes::quick() } else { scenarios::Sizes::full() };
+    let sizes = if args.quick {
+        scenarios::Sizes::quick()
+    } else {
+        scenarios::Sizes::full()
+    };
     println!(
         "sizes: backlog={} big_backlog={} small_backlog={} writes_per_writer={} latency_secs={} relay_batch=1000 payload=~1KiB",
         sizes.backlog, sizes.big_backlog, sizes.small_backlog, sizes.writes_per_writer, sizes.latency_secs
@@ -50,7 +57,11 @@ async fn main() -> ExitCode {
             if want($name) {
                 let started = std::time::Instant::now();
                 match $f(&env, &sizes, &mut report).await {
-                    Ok(()) => println!("# {} done in {:.1}s", $name, started.elapsed().as_secs_f64()),
+                    Ok(()) => println!(
+                        "# {} done in {:.1}s",
+                        $name,
+                        started.elapsed().as_secs_f64()
+                    ),
                     Err(e) => {
                         eprintln!("scenario {} failed: {e}", $name);
                         failed = true;
@@ -63,7 +74,10 @@ async fn main() -> ExitCode {
     run!("publish_overhead", scenarios::publish_overhead);
     run!("bulk_publish", scenarios::bulk_publish);
     run!("end_to_end_latency", scenarios::end_to_end_latency);
-    run!("backlog_independence", scenarios::backlog_independence_and_memory);
+    run!(
+        "backlog_independence",
+        scenarios::backlog_independence_and_memory
+    );
     run!("relay_scaling", scenarios::relay_scaling);
     report.print_table();
     if failed {

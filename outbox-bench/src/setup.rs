@@ -19,9 +19,14 @@ pub struct Env {
 
 impl Env {
     pub fn from_env() -> Result<Self, BoxError> {
-        let database_url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set: run scripts/bench.sh")?;
-        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").map_err(|_| "KAFKA_BOOTSTRAP_SERVERS is not set: run scripts/bench.sh")?;
-        Ok(Self { database_url, bootstrap })
+        let database_url = std::env::var("DATABASE_URL")
+            .map_err(|_| "DATABASE_URL is not set: run scripts/bench.sh")?;
+        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+            .map_err(|_| "KAFKA_BOOTSTRAP_SERVERS is not set: run scripts/bench.sh")?;
+        Ok(Self {
+            database_url,
+            bootstrap,
+        })
     }
 
     pub fn kafka(&self) -> ClientConfig {
@@ -49,21 +54,47 @@ pub struct BenchDb {
 
 impl BenchDb {
     pub async fn create(env: &Env, label: &str) -> Result<Self, BoxError> {
-        let name = format!("outbox_bench_{label}_{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let admin = PgPoolOptions::new().max_connections(1).connect(&env.database_url).await?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&admin).await?;
+        let name = format!(
+            "outbox_bench_{label}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&env.database_url)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         let url = with_database(&env.database_url, &name);
-        let pool = PgPoolOptions::new().max_connections(16).connect(&url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(&url)
+            .await?;
         outbox::migrate(&pool).await?;
-        sqlx::query("CREATE TABLE essays (id TEXT NOT NULL, score INT NOT NULL)").execute(&pool).await?;
-        Ok(Self { pool, url, name, admin_url: env.database_url.clone() })
+        sqlx::query("CREATE TABLE essays (id TEXT NOT NULL, score INT NOT NULL)")
+            .execute(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            url,
+            name,
+            admin_url: env.database_url.clone(),
+        })
     }
 
     pub async fn drop_db(self) -> Result<(), BoxError> {
         self.pool.close().await;
-        let admin = PgPoolOptions::new().max_connections(1).connect(&self.admin_url).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).execute(&admin).await?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.admin_url)
+            .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await?;
         admin.close().await;
         Ok(())
     }
@@ -71,7 +102,10 @@ impl BenchDb {
 
 /// A unique topic prefix, and the bench topic created under it.
 pub async fn topic(env: &Env, label: &str, partitions: i32) -> Result<String, BoxError> {
-    let prefix = format!("b-{label}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let prefix = format!(
+        "b-{label}-{}.",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
     outbox::create_topics(&env.kafka(), &[format!("{prefix}{TOPIC}")], partitions, 1).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(prefix)
@@ -103,16 +137,50 @@ pub async fn load_backlog(pool: &PgPool, n: i64, aggregates: i64) -> Result<(), 
         .await?;
         start = end;
     }
-    sqlx::query("VACUUM ANALYZE event_outbox").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE event_outbox")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
-/// Waits until no pending row is left; returns the time it took.
-pub async fn wait_drained(pool: &PgPool, started: Instant, timeout: Duration) -> Result<Duration, BoxError> {
-    loop {
-        let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'pending')")
+/// Waits until the relay delivered its first batch (the oldest row is gone),
+/// so start-up (process, leases, broker metadata) is not measured; returns
+/// that instant.
+pub async fn wait_first_delivery(pool: &PgPool, timeout: Duration) -> Result<Instant, BoxError> {
+    let first: i64 =
+        sqlx::query_scalar("SELECT min(seq) FROM event_outbox WHERE state = 'pending'")
             .fetch_one(pool)
             .await?;
+    let started = Instant::now();
+    loop {
+        let there: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE seq = $1 AND state = 'pending')",
+        )
+        .bind(first)
+        .fetch_one(pool)
+        .await?;
+        if !there {
+            return Ok(Instant::now());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("nothing was delivered within {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until no pending row is left; returns the time it took.
+pub async fn wait_drained(
+    pool: &PgPool,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Duration, BoxError> {
+    loop {
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'pending')",
+        )
+        .fetch_one(pool)
+        .await?;
         if !pending {
             return Ok(started.elapsed());
         }
@@ -129,7 +197,11 @@ fn relay_binary() -> Result<PathBuf, BoxError> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("{} is missing: `cargo build --release --example relay_worker` (scripts/bench.sh does)", bin.display()).into())
+        Err(format!(
+            "{} is missing: `cargo build --release --example relay_worker` (scripts/bench.sh does)",
+            bin.display()
+        )
+        .into())
     }
 }
 
@@ -139,7 +211,12 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    pub fn start(db_url: &str, bootstrap: &str, prefix: &str, batch: usize) -> Result<Self, BoxError> {
+    pub fn start(
+        db_url: &str,
+        bootstrap: &str,
+        prefix: &str,
+        batch: usize,
+    ) -> Result<Self, BoxError> {
         let child = Command::new(relay_binary()?)
             .env("DATABASE_URL", db_url)
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
@@ -163,7 +240,10 @@ impl RelayProcess {
 
     /// Graceful stop (SIGTERM), as an operator would.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }

@@ -37,7 +37,12 @@ impl Report {
 
     pub fn target(&mut self, name: &str, value: f64, target: &str, met: bool) {
         self.figure(name, value);
-        self.targets.push(Target { figure: name.into(), value, target: target.into(), met });
+        self.targets.push(Target {
+            figure: name.into(),
+            value,
+            target: target.into(),
+            met,
+        });
     }
 
     pub fn print_table(&self) {
@@ -45,7 +50,13 @@ impl Report {
         println!("| figure | value | target | met |");
         println!("|---|---:|---|---|");
         for t in &self.targets {
-            println!("| {} | {:.3} | {} | {} |", t.figure, t.value, t.target, if t.met { "yes" } else { "NO" });
+            println!(
+                "| {} | {:.3} | {} | {} |",
+                t.figure,
+                t.value,
+                t.target,
+                if t.met { "yes" } else { "NO" }
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 //! claims rows of shards it holds a lease on; a lease has one owner, so one
 //! aggregate is only ever published by one relay at a time. Each live
 //! instance takes a fair share (`ceil(SHARDS / live)`), renews its leases
-//! every third of the TTL, gives back extras between batches (never with a
+//! every 2 s (at most a third of the TTL), gives back extras between batches (never with a
 //! batch in flight), and stops claiming when its lease is about to expire.
 //! A crashed instance's shards become free when its leases expire.
 
@@ -115,10 +115,13 @@ impl Leases {
     /// When maintenance is due next: every third of the TTL, every second
     /// while below the fair share.
     pub(crate) fn next_maintenance(&self) -> Instant {
+        // Below the fair share: look for free shards every second. Otherwise
+        // every 2 s (or a third of the TTL if shorter), so a new instance gets
+        // its share within seconds; the maintenance transaction is tiny.
         let every = if self.owned.len() < self.fair_share {
             Duration::from_secs(1).min(self.ttl / 3)
         } else {
-            self.ttl / 3
+            Duration::from_secs(2).min(self.ttl / 3)
         };
         match self.last_maintained {
             Some(at) => at + every,
