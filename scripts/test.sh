@@ -10,11 +10,20 @@ ensure_tansu
 start_postgres
 start_broker
 cd "$OUTBOX_ROOT"
-log "cargo test --workspace --all-targets (target dir $CARGO_TARGET_DIR)"
+# The fault tests run examples/relay_worker as separate processes; `cargo
+# test` compiles examples but does not place them at target/debug/examples/.
+log "cargo build --workspace --examples (target dir $CARGO_TARGET_DIR)"
+cargo build --workspace --examples
+log "cargo test --workspace --all-targets"
+# Fault and delivery scenarios append their tallies here (tests/fixtures).
+export OUTBOX_TALLY_FILE="$OUTBOX_WORK/tallies.txt"
 if [[ $# -gt 0 ]]; then
     cargo test --workspace "$@"
 else
-    # Examples are built too: the fault tests run examples/relay_worker as processes.
     cargo test --workspace --all-targets
     cargo test --workspace --doc
+fi
+if [[ -s "$OUTBOX_TALLY_FILE" ]]; then
+    log "scenario tallies (committed, delivered, duplicates, order violations):"
+    sort "$OUTBOX_TALLY_FILE" >&2
 fi

@@ -71,11 +71,7 @@ async fn events_committed_while_the_broker_is_down_arrive_when_it_returns() {
 
     collector.wait_for(75, Duration::from_secs(120)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
-    let t = fixtures::tally(&all);
-    println!(
-        "tally: committed=75 delivered={} duplicates={} order_violations={}",
-        t.received, t.duplicates, t.order_violations
-    );
+    let t = fixtures::report("broker_down_while_committing", 75, &all);
     assert_eq!(t.received, 75, "none lost");
     assert_eq!(t.order_violations, 0);
     relay.shutdown().await.unwrap();

@@ -1,6 +1,7 @@
 //! Proof 5: an event the broker side refuses (larger than the maximum
 //! message size) is retried, then dead with a readable last_error, while
-//! other aggregates keep flowing; later events of its aggregate wait.
+//! 50 other aggregates keep flowing; later events of its aggregate wait
+//! (the default `block` policy) until an operator releases it.
 
 mod fixtures;
 mod support;
@@ -33,7 +34,11 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
     let mut kafka = fixtures::kafka(&bootstrap);
     kafka.set("message.max.bytes", "50000"); // the size limit messages must respect
     let mut config = fixtures::relay_config(&prefix);
-    config.max_retries = 2;
+    // Retries spread over several seconds, so the other aggregates' events
+    // provably arrive while the poison event is still being retried.
+    config.max_retries = 3;
+    config.retry_backoff = Duration::from_secs(2);
+    config.max_retry_backoff = Duration::from_secs(4);
     let handle = Relay::new(db.pool.clone(), kafka, config)
         .await
         .unwrap()
@@ -55,24 +60,49 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    for round in 0..20 {
-        let mut tx = outbox.transactional_publish().await.unwrap();
-        for a in 0..5 {
-            tx.publish(&EssayUploadedV1 {
+    // 50 other aggregates, 4 events each.
+    for round in 0..4 {
+        let events: Vec<EssayUploadedV1> = (0..50)
+            .map(|a| EssayUploadedV1 {
                 essay_id: format!("ok-{a}"),
                 seq: round,
                 content: "fine".into(),
             })
-            .await
-            .unwrap();
-        }
+            .collect();
+        let mut tx = outbox.transactional_publish().await.unwrap();
+        tx.publish_all(&events).await.unwrap();
         tx.commit().await.unwrap();
     }
 
-    collector.wait_for(100, Duration::from_secs(60)).await;
+    collector.wait_for(200, Duration::from_secs(60)).await;
+    // The batch's outcome is recorded just after the broker's acks.
+    let mut row = (String::new(), 0);
+    for _ in 0..50 {
+        row = sqlx::query_as(
+            "SELECT state, retry_count FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '0'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if row.1 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (state, retries): (String, i32) = row;
+    assert_eq!(
+        (state.as_str(), retries > 0),
+        ("pending", true),
+        "the 50 other aggregates' events arrived while the poison event was being retried"
+    );
+    let others = collector.snapshot();
+    let t = fixtures::report("poison_event_others_flow", 200, &others);
+    assert_eq!(t.received, 200, "other aggregates flowed: {}", t.received);
+    assert_eq!(t.order_violations, 0);
+
     // Wait for the poison event to exhaust its retries.
     let mut dead = None;
-    for _ in 0..100 {
+    for _ in 0..150 {
         dead = sqlx::query_as::<_, (i32, Option<String>)>(
             "SELECT retry_count, last_error FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison'",
         )
@@ -85,18 +115,20 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (retries, error) = dead.expect("the oversized event becomes dead");
-    assert_eq!(retries, 3, "first attempt + max_retries");
+    assert_eq!(retries, 4, "first attempt + max_retries");
     let error = error.unwrap_or_default();
     assert!(
         error.to_lowercase().contains("too large"),
         "readable last_error: {error}"
     );
 
-    let all = collector.settle(Duration::from_secs(3)).await;
-    let t = fixtures::tally(&all);
-    assert_eq!(t.received, 100, "other aggregates flowed: {}", t.received);
+    // Default policy (block): the aggregate's later event keeps waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        all.iter().all(|m| m.headers["aggregate_id"] != "poison"),
+        collector
+            .snapshot()
+            .iter()
+            .all(|m| m.headers["aggregate_id"] != "poison"),
         "the poison aggregate's later event waits behind the dead one"
     );
     let waiting: String = sqlx::query_scalar("SELECT state FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '1'")
@@ -104,6 +136,20 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
         .await
         .unwrap();
     assert_eq!(waiting, "pending");
+
+    // An operator releases the aggregate: the dead event stays (released),
+    // the later one is delivered.
+    let released = outbox::admin::release(&db.pool, None, "essay", "poison")
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    let all = collector.wait_for(201, Duration::from_secs(30)).await;
+    let later: Vec<_> = all
+        .iter()
+        .filter(|m| m.headers["aggregate_id"] == "poison")
+        .collect();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].payload["data"]["seq"], 1);
     let stats = handle.shutdown().await.unwrap();
     assert_eq!(stats.dead, 1);
     collector.stop();

@@ -88,11 +88,7 @@ async fn ten_thousand_events_over_a_hundred_aggregates_arrive_in_order_once() {
 
     let got = collector.wait_for(10_000, Duration::from_secs(180)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
-    let t = fixtures::tally(&all);
-    println!(
-        "tally: committed=10000 delivered={} duplicates={} order_violations={}",
-        t.received, t.duplicates, t.order_violations
-    );
+    let t = fixtures::report("one_relay_10000_events", 10_000, &all);
     assert!(got.len() >= 10_000);
     assert_eq!(t.received, 10_000, "every committed event arrives");
     assert_eq!(
@@ -155,11 +151,7 @@ async fn graceful_shutdown_mid_backlog_then_restart_delivers_exactly_once() {
         .spawn();
     collector.wait_for(3_000, Duration::from_secs(120)).await;
     let all = collector.settle(Duration::from_secs(3)).await;
-    let t = fixtures::tally(&all);
-    println!(
-        "tally: committed=3000 delivered={} duplicates={} order_violations={}",
-        t.received, t.duplicates, t.order_violations
-    );
+    let t = fixtures::report("graceful_shutdown_then_restart", 3_000, &all);
     assert_eq!(t.received, 3_000);
     assert_eq!(t.duplicates, 0, "exactly once across a graceful restart");
     assert_eq!(t.order_violations, 0);

@@ -251,8 +251,9 @@ pub async fn publish_overhead(
     let db = BenchDb::create(env, "overhead").await?;
     let outbox = Outbox::new(db.pool.clone(), "bench");
     let per = sizes.writes_per_writer;
-    latencies(&outbox, Variant::Framework, 8, 20).await?; // warm-up
-                                                          // Interleave the variants in rounds so drift on a noisy machine hits all alike.
+    // Warm up, then interleave the variants in rounds so drift on a noisy
+    // machine hits all alike.
+    latencies(&outbox, Variant::Framework, 8, 20).await?;
     let (mut none, mut hand, mut framework) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..4 {
         none.extend(latencies(&outbox, Variant::NoEvent, 8, per / 4).await?);
@@ -390,8 +391,9 @@ async fn e2e(
             }
         }
     });
-    tokio::time::sleep(Duration::from_secs(2)).await; // consumer assignment
-                                                      // 1,000 events/s: one event per transaction every millisecond, from 4 writers.
+    // Let the consumer get its assignment, then write a steady 1,000
+    // events/s: 4 writers, each one event per transaction every 4 ms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let writers = (0..4).map(|w| {
         let outbox = outbox.clone();
         tokio::spawn(async move {
