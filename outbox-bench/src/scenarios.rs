@@ -102,6 +102,7 @@ pub async fn relay_vs_raw_produce(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "10000")
+        .set("linger.ms", "0") // the relay's default
         .create()?;
     let raw_topic = format!("{raw_prefix}{TOPIC}");
     // Warm-up: one message, so broker metadata is not measured.
@@ -156,7 +157,50 @@ pub async fn relay_vs_raw_produce(
         ">= 0.5",
         relay_rate / raw_rate >= 0.5,
     );
-    db.drop_db().await
+    db.drop_db().await?;
+    // The database's share: the same backlog claimed and deleted in batches
+    // like the relay's, with no broker at all.
+    let pg_rate = postgres_only_drain(env, n).await?;
+    report.figure("relay_vs_raw_produce.postgres_only_events_per_s", pg_rate);
+    report.figure(
+        "relay_vs_raw_produce.relay_vs_postgres_only",
+        relay_rate / pg_rate,
+    );
+    Ok(())
+}
+
+/// Claims (the relay's columns, envelope as text, commit order) and deletes
+/// `n` backlog rows in batches of [`RELAY_BATCH`], without producing
+/// anything; returns rows per second.
+async fn postgres_only_drain(env: &Env, n: i64) -> Result<f64, BoxError> {
+    let db = BenchDb::create(env, "pgonly").await?;
+    load_backlog(&db.pool, n, 1_000).await?;
+    let shards: Vec<i16> = (0..64).collect();
+    let started = Instant::now();
+    loop {
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM (
+                 SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic,
+                        o.event_key, o.event_data::text AS payload, o.headers, o.retry_count
+                 FROM event_outbox o
+                 WHERE o.state = 'pending' AND o.shard = ANY($1) AND o.next_attempt_at <= now()
+                 ORDER BY o.seq LIMIT $2) claimed",
+        )
+        .bind(&shards)
+        .bind(RELAY_BATCH as i64)
+        .fetch_all(&db.pool)
+        .await?;
+        if seqs.is_empty() {
+            break;
+        }
+        sqlx::query("DELETE FROM event_outbox WHERE seq = ANY($1)")
+            .bind(&seqs)
+            .execute(&db.pool)
+            .await?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    db.drop_db().await?;
+    Ok(rate)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -346,13 +390,31 @@ pub async fn bulk_publish(env: &Env, _sizes: &Sizes, report: &mut Report) -> Res
     db.drop_db().await
 }
 
+/// How events travel in one latency run.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// Outbox commit, relay woken by NOTIFY and the in-process signal.
+    Wake,
+    /// Outbox commit, relay polling every second only.
+    PollOnly,
+    /// The baseline: a plain producer sending each event itself (the
+    /// relay's producer settings), no database.
+    RawProduce,
+}
+
 async fn e2e(
     env: &Env,
     sizes: &Sizes,
-    listen: bool,
+    path: Path,
 ) -> Result<(Duration, Duration, usize), BoxError> {
-    let db = BenchDb::create(env, if listen { "e2ewake" } else { "e2epoll" }).await?;
-    let prefix = topic(env, "e2e", 4).await?;
+    let label = match path {
+        Path::Wake => "e2ewake",
+        Path::PollOnly => "e2epoll",
+        Path::RawProduce => "e2eraw",
+    };
+    let db = BenchDb::create(env, label).await?;
+    let prefix = topic(env, label, 4).await?;
+    let topic_name = format!("{prefix}{TOPIC}");
     let consumer: StreamConsumer = env
         .kafka()
         .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
@@ -360,15 +422,30 @@ async fn e2e(
         .set("fetch.wait.max.ms", "5")
         .set("enable.auto.commit", "false")
         .create()?;
-    consumer.subscribe(&[&format!("{prefix}{TOPIC}")])?;
-    let mut config = relay_config(&prefix);
-    config.listen = listen;
-    config.poll_interval = Duration::from_secs(1);
-    let mut kafka = env.kafka();
-    if let Ok(linger) = std::env::var("BENCH_RELAY_LINGER_MS") {
-        kafka.set("linger.ms", linger);
-    }
-    let handle = Relay::new(db.pool.clone(), kafka, config).await?.spawn();
+    consumer.subscribe(&[&topic_name])?;
+    let relay = if path == Path::RawProduce {
+        None
+    } else {
+        let mut config = relay_config(&prefix);
+        config.listen = path == Path::Wake;
+        config.poll_interval = Duration::from_secs(1);
+        Some(
+            Relay::new(db.pool.clone(), env.kafka(), config)
+                .await?
+                .spawn(),
+        )
+    };
+    let producer: Option<FutureProducer> = if path == Path::RawProduce {
+        Some(
+            env.kafka()
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "0")
+                .create()?,
+        )
+    } else {
+        None
+    };
     let outbox = Outbox::new(db.pool.clone(), "bench");
     let total = (sizes.latency_secs * 1_000) as usize;
     let received = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
@@ -392,17 +469,35 @@ async fn e2e(
         }
     });
     // Let the consumer get its assignment, then write a steady 1,000
-    // events/s: 4 writers, each one event per transaction every 4 ms.
+    // events/s: 4 writers, each one event (one transaction) every 4 ms.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writers = (0..4).map(|w| {
         let outbox = outbox.clone();
+        let producer = producer.clone();
+        let topic_name = topic_name.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(4));
             for i in 0..(total / 4) {
                 tick.tick().await;
-                let mut tx = outbox.transactional_publish().await?;
-                tx.publish(&event(w, i as i64)).await?;
-                tx.commit().await?;
+                let e = event(w, i as i64);
+                match &producer {
+                    Some(p) => {
+                        let payload = serde_json::to_string(&serde_json::json!({ "data": &e }))?;
+                        p.send(
+                            FutureRecord::to(&topic_name)
+                                .key(e.essay_id.as_str())
+                                .payload(payload.as_str()),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)?;
+                    }
+                    None => {
+                        let mut tx = outbox.transactional_publish().await?;
+                        tx.publish(&e).await?;
+                        tx.commit().await?;
+                    }
+                }
             }
             Ok::<_, BoxError>(())
         })
@@ -411,7 +506,9 @@ async fn e2e(
         r.map_err(|e| e.to_string())??;
     }
     let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
-    handle.shutdown().await?;
+    if let Some(relay) = relay {
+        relay.shutdown().await?;
+    }
     let mut samples = received.lock().map(|v| v.clone()).unwrap_or_default();
     let n = samples.len();
     let p50 = percentile(&mut samples, 50.0);
@@ -420,14 +517,23 @@ async fn e2e(
     Ok((p50, p99, n))
 }
 
-/// 4. Commit → consumer latency at a steady 1,000 events/s, wake-up path vs polling only.
+/// Scenario 4: commit → consumer latency at a steady 1,000 events/s: the wake-up
+/// path and polling only, against plain produce → consume on the same broker.
 pub async fn end_to_end_latency(
     env: &Env,
     sizes: &Sizes,
     report: &mut Report,
 ) -> Result<(), BoxError> {
-    let (w50, w99, wn) = e2e(env, sizes, true).await?;
-    let (p50, p99, pn) = e2e(env, sizes, false).await?;
+    let (r50, r99, rn) = e2e(env, sizes, Path::RawProduce).await?;
+    let (w50, w99, wn) = e2e(env, sizes, Path::Wake).await?;
+    let (p50, p99, pn) = e2e(env, sizes, Path::PollOnly).await?;
+    report.figure("end_to_end_latency.raw_produce_received", rn as f64);
+    report.figure("end_to_end_latency.raw_produce_p50_ms", ms(r50));
+    report.figure("end_to_end_latency.raw_produce_p99_ms", ms(r99));
+    report.figure(
+        "end_to_end_latency.wake_added_p50_ms_vs_raw_produce",
+        ms(w50) - ms(r50),
+    );
     report.figure("end_to_end_latency.wake_received", wn as f64);
     report.target(
         "end_to_end_latency.wake_p50_ms",
