@@ -379,7 +379,9 @@ impl Worker {
         claimed_at: Instant,
     ) -> Result<BatchResult, sqlx::Error> {
         let claimed = rows.len();
+        let claim_took = claimed_at.elapsed();
         let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
+        let produce_took = claimed_at.elapsed() - claim_took;
         // Acknowledgements are awaited together: the batch's end bounds each.
         let since_claim = claimed_at.elapsed().as_secs_f64();
         let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
@@ -416,7 +418,9 @@ impl Worker {
             }
         }
         let keep = matches!(self.config.retention, Retention::Keep(_));
+        let record_started = Instant::now();
         self.record(&delivered, keep, &failed).await?;
+        let record_took = record_started.elapsed();
         self.counters.batch(delivered.len() as u64, retried, dead);
         for row in &delivered_rows {
             tracing::debug!(
@@ -451,6 +455,9 @@ impl Worker {
             retried,
             dead,
             uncounted,
+            claim_ms = claim_took.as_secs_f64() * 1e3,
+            produce_ms = produce_took.as_secs_f64() * 1e3,
+            record_ms = record_took.as_secs_f64() * 1e3,
             "outbox batch done"
         );
         Ok(BatchResult {
