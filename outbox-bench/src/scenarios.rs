@@ -478,6 +478,7 @@ async fn e2e(
         .set("enable.auto.commit", "false")
         .create()?;
     consumer.subscribe(&[&topic_name])?;
+    let consumer = Arc::new(consumer);
     let relay = if path == Path::RawProduce {
         None
     } else {
@@ -505,7 +506,9 @@ async fn e2e(
     let total = (sizes.latency_secs * 1_000) as usize;
     let received = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
     let sink = received.clone();
+    let reading = consumer.clone();
     let reader = tokio::spawn(async move {
+        let consumer = reading;
         while sink.lock().map(|v| v.len()).unwrap_or(total) < total {
             if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await
             {
@@ -523,9 +526,18 @@ async fn e2e(
             }
         }
     });
-    // Let the consumer get its assignment, then write a steady 1,000
-    // events/s: 4 writers, each one event (one transaction) every 4 ms.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait until the consumer holds its partitions (a group join can take
+    // seconds), so early messages do not measure the join; then write a
+    // steady 1,000 events/s: 4 writers, each one event (one transaction)
+    // every 4 ms.
+    let joined = Instant::now();
+    while consumer.assignment()?.count() == 0 {
+        if joined.elapsed() > Duration::from_secs(60) {
+            return Err("the latency consumer got no partitions within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let writers = (0..4).map(|w| {
         let outbox = outbox.clone();
         let producer = producer.clone();
