@@ -22,6 +22,8 @@ if [[ $# -gt 0 ]]; then
 else
     cargo test --workspace --all-targets
     cargo test --workspace --doc
+    # Trace-context capture behind the `opentelemetry` feature.
+    cargo test -p outbox-runtime --features opentelemetry --lib
 fi
 if [[ -s "$OUTBOX_TALLY_FILE" ]]; then
     log "scenario tallies (committed, delivered, duplicates, order violations):"

@@ -56,7 +56,7 @@ impl Sizes {
             backlog: 100_000,
             big_backlog: 1_000_000,
             small_backlog: 10_000,
-            writes_per_writer: 400,
+            writes_per_writer: 1_600,
             latency_secs: 30,
         }
     }
@@ -349,15 +349,16 @@ pub async fn publish_overhead(
 ) -> Result<(), BoxError> {
     let db = BenchDb::create(env, "overhead").await?;
     let outbox = Outbox::new(db.pool.clone(), "bench");
+    const ROUNDS: usize = 8;
     let per = sizes.writes_per_writer;
     // Warm up, then interleave the variants in rounds so drift on a noisy
     // machine hits all alike.
     latencies(&outbox, Variant::Framework, 8, 20).await?;
     let (mut none, mut hand, mut framework) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..4 {
-        none.extend(latencies(&outbox, Variant::NoEvent, 8, per / 4).await?);
-        hand.extend(latencies(&outbox, Variant::HandWritten, 8, per / 4).await?);
-        framework.extend(latencies(&outbox, Variant::Framework, 8, per / 4).await?);
+    for _ in 0..ROUNDS {
+        none.extend(latencies(&outbox, Variant::NoEvent, 8, per / ROUNDS).await?);
+        hand.extend(latencies(&outbox, Variant::HandWritten, 8, per / ROUNDS).await?);
+        framework.extend(latencies(&outbox, Variant::Framework, 8, per / ROUNDS).await?);
     }
     let (n50, h50, f50) = (
         percentile(&mut none, 50.0),
