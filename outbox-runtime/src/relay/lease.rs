@@ -4,8 +4,9 @@
 //! claims rows of shards it holds a lease on; a lease has one owner, so one
 //! aggregate is only ever published by one relay at a time. Each live
 //! instance takes a fair share (`ceil(SHARDS / live)`), renews its leases
-//! every 2 s (at most a third of the TTL), gives back extras between batches (never with a
-//! batch in flight), and stops claiming when its lease is about to expire.
+//! every 2 s (a third of the TTL if that is shorter), gives back extras
+//! between batches (never with a batch in flight), and stops claiming when
+//! its lease is about to expire.
 //! A crashed instance's shards become free when its leases expire.
 
 use crate::identifier::Names;
@@ -112,12 +113,11 @@ impl Leases {
         self.last_maintained.is_none() || Instant::now() >= self.next_maintenance()
     }
 
-    /// When maintenance is due next: every third of the TTL, every second
-    /// while below the fair share.
+    /// When maintenance is due next: every second while below the fair
+    /// share (looking for free shards), otherwise every 2 s, so a new
+    /// instance gets its share within seconds; never less often than a
+    /// third of the TTL. The maintenance transaction is tiny.
     pub(crate) fn next_maintenance(&self) -> Instant {
-        // Below the fair share: look for free shards every second. Otherwise
-        // every 2 s (or a third of the TTL if shorter), so a new instance gets
-        // its share within seconds; the maintenance transaction is tiny.
         let every = if self.owned.len() < self.fair_share {
             Duration::from_secs(1).min(self.ttl / 3)
         } else {

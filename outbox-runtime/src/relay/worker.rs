@@ -383,7 +383,7 @@ impl Worker {
         let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
         let produce_took = claimed_at.elapsed() - claim_took;
         // Acknowledgements are awaited together: the batch's end bounds each.
-        let since_claim = claimed_at.elapsed().as_secs_f64();
+        let since_claim = (claim_took + produce_took).as_secs_f64();
         let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
         let mut delivered = Vec::with_capacity(claimed);
         let mut delivered_rows = Vec::with_capacity(claimed);
