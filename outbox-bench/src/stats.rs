@@ -16,6 +16,35 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A target's bound: it both prints the target and decides whether a value
+/// meets it, so the threshold is written once.
+#[derive(Clone, Copy)]
+pub enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+    Below(f64),
+}
+
+impl Bound {
+    /// NaN (a figure that could not be measured) meets no bound.
+    fn met(self, value: f64) -> bool {
+        match self {
+            Bound::AtLeast(b) => value >= b,
+            Bound::AtMost(b) => value <= b,
+            Bound::Below(b) => value < b,
+        }
+    }
+
+    fn describe(self, unit: &str) -> String {
+        let (op, b) = match self {
+            Bound::AtLeast(b) => (">=", b),
+            Bound::AtMost(b) => ("<=", b),
+            Bound::Below(b) => ("<", b),
+        };
+        format!("{op} {b}{unit}")
+    }
+}
+
 /// One target and whether it was met.
 pub struct Target {
     pub figure: String,
@@ -35,13 +64,15 @@ impl Report {
         println!("{name}={value:.3}");
     }
 
-    pub fn target(&mut self, name: &str, value: f64, target: &str, met: bool) {
+    /// Prints the figure and records it against `bound` (`unit` as printed
+    /// after the bound, e.g. `" ms"`).
+    pub fn target(&mut self, name: &str, value: f64, bound: Bound, unit: &str) {
         self.figure(name, value);
         self.targets.push(Target {
             figure: name.into(),
             value,
-            target: target.into(),
-            met,
+            target: bound.describe(unit),
+            met: bound.met(value),
         });
     }
 
