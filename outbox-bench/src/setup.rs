@@ -124,7 +124,7 @@ pub async fn load_backlog(pool: &PgPool, n: i64, aggregates: i64) -> Result<(), 
                     jsonb_build_object('event_id', gen_random_uuid(), 'event_type', 'EssayScoredV1', 'version', 1,
                         'event_timestamp', now(), 'source_service', 'bench', 'correlation_id', gen_random_uuid(),
                         'aggregate_type', 'essay', 'aggregate_id', 'essay-' || (i % $3),
-                        'data', jsonb_build_object('essay_id', 'essay-' || (i % $3), 'seq', i, 'sent_at_us', 0,
+                        'data', jsonb_build_object('essay_id', 'essay-' || (i % $3), 'seq', i,
                                                    'body', repeat('x', 720)),
                         'metadata', '{}'::jsonb)
              FROM generate_series($1::int8, $2::int8 - 1) i",

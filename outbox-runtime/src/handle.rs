@@ -289,7 +289,7 @@ impl OutboxBuilder {
             "WITH ins AS (
                 INSERT INTO {outbox}
                     (id, aggregate_type, aggregate_id, event_type, event_version, topic, event_key, event_data, headers)
-                SELECT id, at, aid, et, ev, tp, ek, ed::jsonb, h::jsonb
+                SELECT id, at, aid, et, ev, tp, ek, ed::json, h::jsonb
                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
                             $6::text[], $7::text[], $8::text[], $9::text[])
                      AS t(id, at, aid, et, ev, tp, ek, ed, h)

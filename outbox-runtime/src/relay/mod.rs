@@ -5,6 +5,7 @@ mod claim;
 mod config;
 mod lease;
 mod outcome;
+mod prefetch;
 mod produce;
 mod stats;
 mod worker;

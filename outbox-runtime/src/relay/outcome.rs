@@ -71,8 +71,9 @@ impl OutcomeSql {
         }
     }
 
-    /// Marks delivered rows (delete or keep) and failed rows in one
-    /// transaction.
+    /// Marks delivered rows (delete or keep) and failed rows atomically:
+    /// one statement when only one kind is present (the usual case: a single
+    /// round trip, no `BEGIN`/`COMMIT`), one transaction when both are.
     pub(crate) async fn record(
         &self,
         pool: &PgPool,
@@ -80,31 +81,54 @@ impl OutcomeSql {
         keep_published: bool,
         failed: &[FailedRow],
     ) -> Result<(), sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        if !delivered.is_empty() {
-            let sql = if keep_published {
-                &self.mark_published
-            } else {
-                &self.delete
-            };
-            sqlx::query(sql).bind(delivered).execute(&mut *tx).await?;
+        match (delivered.is_empty(), failed.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => self.mark_delivered(pool, delivered, keep_published).await,
+            (true, false) => self.mark_failed(pool, failed).await,
+            (false, false) => {
+                let mut tx = pool.begin().await?;
+                self.mark_delivered(&mut *tx, delivered, keep_published)
+                    .await?;
+                self.mark_failed(&mut *tx, failed).await?;
+                tx.commit().await
+            }
         }
-        if !failed.is_empty() {
-            sqlx::query(&self.fail)
-                .bind(failed.iter().map(|f| f.seq).collect::<Vec<_>>())
-                .bind(failed.iter().map(|f| f.increment).collect::<Vec<_>>())
-                .bind(failed.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
-                .bind(
-                    failed
-                        .iter()
-                        .map(|f| f.delay.as_secs_f64())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(failed.iter().map(|f| f.dead).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await
+    }
+
+    async fn mark_delivered<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        delivered: &[i64],
+        keep_published: bool,
+    ) -> Result<(), sqlx::Error> {
+        let sql = if keep_published {
+            &self.mark_published
+        } else {
+            &self.delete
+        };
+        sqlx::query(sql).bind(delivered).execute(executor).await?;
+        Ok(())
+    }
+
+    async fn mark_failed<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        failed: &[FailedRow],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&self.fail)
+            .bind(failed.iter().map(|f| f.seq).collect::<Vec<_>>())
+            .bind(failed.iter().map(|f| f.increment).collect::<Vec<_>>())
+            .bind(failed.iter().map(|f| f.error.clone()).collect::<Vec<_>>())
+            .bind(
+                failed
+                    .iter()
+                    .map(|f| f.delay.as_secs_f64())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(failed.iter().map(|f| f.dead).collect::<Vec<_>>())
+            .execute(executor)
+            .await?;
+        Ok(())
     }
 }
 

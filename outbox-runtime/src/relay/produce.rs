@@ -69,8 +69,12 @@ fn headers_for(row: &ClaimedRow) -> OwnedHeaders {
             key: "aggregate_id",
             value: Some(row.aggregate_id.as_bytes()),
         });
-    for name in ["correlation_id", "traceparent", "tracestate"] {
-        if let Some(value) = row.headers.get(name).and_then(|v| v.as_str()) {
+    for (name, value) in [
+        ("correlation_id", &row.correlation_id),
+        ("traceparent", &row.traceparent),
+        ("tracestate", &row.tracestate),
+    ] {
+        if let Some(value) = value {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value.as_bytes()),

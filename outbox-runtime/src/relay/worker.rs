@@ -1,9 +1,10 @@
 //! The relay loop: maintain leases, claim, produce, record, wait.
 
-use super::claim::{claim, claim_sql, ClaimedRow};
+use super::claim::{claim, claim_sql, ClaimRequest, ClaimedRow};
 use super::config::{DeadEventPolicy, Retention};
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
+use super::prefetch::Prefetched;
 use super::produce::{produce_batch, RowOutcome};
 use super::stats::RelayCounters;
 use super::{Relay, RelayConfig};
@@ -16,6 +17,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -39,7 +41,7 @@ pub(crate) struct Worker {
     names: Names,
     instance_id: Uuid,
     counters: Arc<RelayCounters>,
-    claim_sql: String,
+    claim_sql: Arc<str>,
     outcome_sql: OutcomeSql,
     retention_sql: String,
     leases: Leases,
@@ -53,6 +55,15 @@ pub(crate) struct Worker {
     metrics: Option<OutboxMetrics>,
     queue_sql: String,
     next_queue_gauges: Instant,
+    /// The batch claimed while the previous one was produced.
+    prefetched: Option<Prefetched>,
+}
+
+/// A batch claimed while the previous one was recorded.
+struct ClaimedAhead {
+    rows: Result<Vec<ClaimedRow>, sqlx::Error>,
+    started: Instant,
+    took: Duration,
 }
 
 struct BatchResult {
@@ -91,7 +102,7 @@ impl Worker {
         let mut local = wake::subscribe_local();
         local.borrow_and_update();
         Self {
-            claim_sql: claim_sql(&names),
+            claim_sql: claim_sql(&names).into(),
             outcome_sql: OutcomeSql::new(&names),
             retention_sql: format!(
                 "DELETE FROM {o} WHERE seq IN (
@@ -119,6 +130,7 @@ impl Worker {
             next_retention: Instant::now(),
             metrics,
             next_queue_gauges: Instant::now(),
+            prefetched: None,
         }
     }
 
@@ -343,16 +355,19 @@ impl Worker {
     }
 
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
-        let started = Instant::now();
-        let dead_blocks = self.config.dead_event_policy == DeadEventPolicy::BlockAggregate;
-        let rows = claim(
-            &self.pool,
-            &self.claim_sql,
-            self.leases.owned(),
-            dead_blocks,
-            self.config.batch_size,
-        )
-        .await?;
+        let prefetched = self.prefetched.take().and_then(|p| {
+            let (at, took) = (p.claimed_at, p.claim_took);
+            p.into_rows_if_owned(self.leases.owned())
+                .map(|rows| (rows, at, took))
+        });
+        let (rows, started, claim_took) = match prefetched {
+            Some(prefetched) => prefetched,
+            None => {
+                let started = Instant::now();
+                let rows = claim(&self.pool, &self.claim_sql, self.claim_request(&[])).await?;
+                (rows, started, started.elapsed())
+            }
+        };
         if rows.is_empty() {
             return Ok(BatchResult {
                 claimed: 0,
@@ -366,29 +381,89 @@ impl Worker {
             first_seq = rows.first().map(|r| r.seq),
             last_seq = rows.last().map(|r| r.seq),
         );
-        let result = self.deliver(rows, started).instrument(span).await;
+        let result = self
+            .deliver(rows, started, claim_took)
+            .instrument(span)
+            .await;
         if let (Some(metrics), Ok(_)) = (&self.metrics, &result) {
             metrics.batch_processed(started.elapsed().as_secs_f64());
         }
         result
     }
 
+    fn claim_request<'a>(&'a self, in_flight: &'a [i64]) -> ClaimRequest<'a> {
+        ClaimRequest {
+            shards: self.leases.owned(),
+            dead_blocks: self.config.dead_event_policy == DeadEventPolicy::BlockAggregate,
+            limit: self.config.batch_size,
+            in_flight,
+        }
+    }
+
+    /// The claim of the batch after `in_flight`, as a future owning what it
+    /// needs, so it can run as its own task while the current batch is
+    /// produced; `None` when the relay is stopping.
+    fn claim_ahead(
+        &self,
+        in_flight: Vec<i64>,
+    ) -> impl std::future::Future<Output = Option<ClaimedAhead>> + 'static {
+        let ahead = !self.stopping();
+        let pool = self.pool.clone();
+        let sql = self.claim_sql.clone();
+        let shards = self.leases.owned().to_vec();
+        let dead_blocks = self.config.dead_event_policy == DeadEventPolicy::BlockAggregate;
+        let limit = self.config.batch_size;
+        async move {
+            if !ahead {
+                return None;
+            }
+            let started = Instant::now();
+            let request = ClaimRequest {
+                shards: &shards,
+                dead_blocks,
+                limit,
+                in_flight: &in_flight,
+            };
+            let rows = claim(&pool, &sql, request).await;
+            Some(ClaimedAhead {
+                rows,
+                started,
+                took: started.elapsed(),
+            })
+        }
+    }
+
+    /// Produces `rows` while the batch after them is claimed (when `rows`
+    /// is a full batch), records the outcome, then keeps the claimed batch
+    /// for the next round (see `prefetch`). The claim runs as its own task: decoding a claimed
+    /// batch is CPU work that would otherwise hold up this task while it
+    /// enqueues and collects acknowledgements.
     async fn deliver(
         &mut self,
         rows: Vec<ClaimedRow>,
         claimed_at: Instant,
+        claim_took: Duration,
     ) -> Result<BatchResult, sqlx::Error> {
         let claimed = rows.len();
-        let claim_took = claimed_at.elapsed();
+        let produce_started = Instant::now();
+        // A full batch means a backlog: claim the next one meanwhile. A
+        // partial batch took everything there was; what commits meanwhile is
+        // better claimed fresh after this batch, in one round, than split
+        // across a claim-ahead and the round after it.
+        let claiming = (claimed >= self.config.batch_size)
+            .then(|| tokio::spawn(self.claim_ahead(rows.iter().map(|r| r.seq).collect())));
         let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
-        let produce_took = claimed_at.elapsed() - claim_took;
+        let produce_took = produce_started.elapsed();
         // Acknowledgements are awaited together: the batch's end bounds each.
-        let since_claim = (claim_took + produce_took).as_secs_f64();
+        let since_claim = claimed_at.elapsed().as_secs_f64();
         let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
         let mut delivered = Vec::with_capacity(claimed);
         let mut delivered_rows = Vec::with_capacity(claimed);
         let mut failed = Vec::new();
         let mut failed_rows = Vec::new();
+        // Aggregates with a row that did not get through: their rows in the
+        // batch claimed ahead must wait.
+        let mut unfinished = HashSet::new();
         let (mut retried, mut dead, mut uncounted) = (0u64, 0u64, 0usize);
         for (row, outcome) in rows.iter().zip(outcomes) {
             match outcome {
@@ -396,8 +471,11 @@ impl Worker {
                     delivered.push(row.seq);
                     delivered_rows.push(row);
                 }
-                RowOutcome::Held => {}
+                RowOutcome::Held => {
+                    unfinished.insert(row.aggregate());
+                }
                 RowOutcome::Failed(failure) => {
+                    unfinished.insert(row.aggregate());
                     // Unreachable-broker errors next to successes concern
                     // this message (e.g. a missing topic): count them.
                     let failure = match failure {
@@ -418,18 +496,45 @@ impl Worker {
             }
         }
         let keep = matches!(self.config.retention, Retention::Keep(_));
+        let broker_unreachable = !any_delivered && uncounted > 0;
         let record_started = Instant::now();
-        self.record(&delivered, keep, &failed).await?;
+        let recorded = self.record(&delivered, keep, &failed).await;
         let record_took = record_started.elapsed();
+        // Awaited even when it is not used, so no claim outlives its batch.
+        let next = match claiming {
+            Some(claiming) => claiming.await.ok().flatten(),
+            None => None,
+        };
+        recorded?;
+        let next = next.filter(|_| !broker_unreachable);
+        let next_claim_ms = next.as_ref().map(|n| n.took.as_secs_f64() * 1e3);
+        match next {
+            Some(ClaimedAhead {
+                rows: Ok(next_rows),
+                started,
+                took,
+            }) => {
+                let mut prefetched = Prefetched::new(next_rows, self.leases.owned(), started, took);
+                prefetched.hold_back(&unfinished);
+                self.prefetched = Some(prefetched);
+            }
+            Some(ClaimedAhead {
+                rows: Err(error), ..
+            }) => {
+                // The next round claims afresh and reports a lasting error.
+                tracing::debug!(%error, "outbox relay could not claim ahead");
+            }
+            _ => {}
+        }
         self.counters.batch(delivered.len() as u64, retried, dead);
         for row in &delivered_rows {
-            tracing::debug!(
+            tracing::trace!(
                 event_id = %row.id,
                 event_type = %row.event_type,
                 topic = %row.topic,
                 aggregate_type = %row.aggregate_type,
                 aggregate_id = %row.aggregate_id,
-                correlation_id = row.headers.get("correlation_id").and_then(|v| v.as_str()).unwrap_or(""),
+                correlation_id = row.correlation_id.as_deref().unwrap_or(""),
                 "outbox event delivered"
             );
         }
@@ -457,12 +562,13 @@ impl Worker {
             uncounted,
             claim_ms = claim_took.as_secs_f64() * 1e3,
             produce_ms = produce_took.as_secs_f64() * 1e3,
+            next_claim_ms,
             record_ms = record_took.as_secs_f64() * 1e3,
             "outbox batch done"
         );
         Ok(BatchResult {
             claimed,
-            broker_unreachable: !any_delivered && uncounted > 0,
+            broker_unreachable,
         })
     }
 
@@ -524,7 +630,7 @@ impl Worker {
                 aggregate_type = %row.aggregate_type,
                 aggregate_id = %row.aggregate_id,
                 topic = %row.topic,
-                correlation_id = row.headers.get("correlation_id").and_then(|v| v.as_str()).unwrap_or(""),
+                correlation_id = row.correlation_id.as_deref().unwrap_or(""),
                 attempts,
                 %error,
                 "outbox event is dead: it will not be retried automatically (see `outbox failed list`)"

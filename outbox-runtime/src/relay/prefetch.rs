@@ -1,0 +1,113 @@
+//! The next batch, claimed while the broker acknowledges the current one.
+//!
+//! Claiming is a read, so it can overlap producing: the claim leaves out
+//! the rows in flight (see [`claim_sql`](super::claim::claim_sql)). Two rules
+//! keep the guarantees:
+//!
+//! - **Order.** The prefetch was claimed before the current batch's outcome
+//!   was known. Every row of an aggregate that did not get through the
+//!   current batch (failed, or held behind a failure) is dropped from it; it
+//!   stays `pending` and a later claim finds it behind its failed head.
+//! - **Ownership.** A prefetch is used only while the relay owns exactly the
+//!   shards it was claimed under; a rebalance in between throws it away.
+//!
+//! Nothing of the prefetch is produced before the current batch is recorded,
+//! so at most one batch is ever acknowledged but not yet marked (the bound
+//! on duplicates after a crash stays one batch).
+
+use super::claim::ClaimedRow;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// A batch claimed ahead.
+#[derive(Debug)]
+pub(crate) struct Prefetched {
+    rows: Vec<ClaimedRow>,
+    shards: Vec<i16>,
+    /// When its claim started and how long it took.
+    pub claimed_at: Instant,
+    pub claim_took: Duration,
+}
+
+impl Prefetched {
+    pub(crate) fn new(
+        rows: Vec<ClaimedRow>,
+        shards: &[i16],
+        claimed_at: Instant,
+        claim_took: Duration,
+    ) -> Self {
+        Self {
+            rows,
+            shards: shards.to_vec(),
+            claimed_at,
+            claim_took,
+        }
+    }
+
+    /// Drops the rows of `unfinished` aggregates, keeping the rest in order.
+    pub(crate) fn hold_back(&mut self, unfinished: &HashSet<(&str, &str)>) {
+        if !unfinished.is_empty() {
+            self.rows
+                .retain(|row| !unfinished.contains(&row.aggregate()));
+        }
+    }
+
+    /// The rows, if the relay still owns exactly the shards they were
+    /// claimed under.
+    pub(crate) fn into_rows_if_owned(self, owned: &[i16]) -> Option<Vec<ClaimedRow>> {
+        (self.shards == owned).then_some(self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn row(seq: i64, aggregate: &str) -> ClaimedRow {
+        ClaimedRow {
+            seq,
+            id: Uuid::new_v4(),
+            aggregate_type: "essay".into(),
+            aggregate_id: aggregate.into(),
+            event_type: "E".into(),
+            topic: "t".into(),
+            key: aggregate.into(),
+            payload: "{}".into(),
+            correlation_id: None,
+            traceparent: None,
+            tracestate: None,
+            retry_count: 0,
+            envelope_ok: true,
+            age_at_claim: 0.0,
+        }
+    }
+
+    fn seqs(rows: &[ClaimedRow]) -> Vec<i64> {
+        rows.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn rows_of_unfinished_aggregates_are_held_back_in_order() {
+        let rows = vec![row(5, "a"), row(6, "b"), row(7, "a"), row(8, "c")];
+        let mut prefetched = Prefetched::new(rows, &[0, 1], Instant::now(), Duration::ZERO);
+        prefetched.hold_back(&HashSet::from([("essay", "a")]));
+        let kept = prefetched.into_rows_if_owned(&[0, 1]).unwrap();
+        assert_eq!(seqs(&kept), [6, 8]);
+    }
+
+    #[test]
+    fn an_aggregate_of_another_type_is_not_held_back() {
+        let mut prefetched =
+            Prefetched::new(vec![row(1, "a")], &[0], Instant::now(), Duration::ZERO);
+        prefetched.hold_back(&HashSet::from([("file_upload", "a")]));
+        assert_eq!(prefetched.into_rows_if_owned(&[0]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_rebalance_discards_the_prefetch() {
+        let prefetched =
+            Prefetched::new(vec![row(1, "a")], &[0, 1], Instant::now(), Duration::ZERO);
+        assert!(prefetched.into_rows_if_owned(&[0]).is_none());
+    }
+}
