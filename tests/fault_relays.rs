@@ -582,7 +582,7 @@ async fn secrets_and_injections_in_configuration() {
 /// batch (a batch produced but not marked when the connection died).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_stream_is_survived() {
-    const BACKLOG: usize = 4_000;
+    const BACKLOG: usize = 8_000;
     const AFTER: usize = 100;
     support::init_tracing();
     let bootstrap = support::bootstrap_servers();
@@ -598,7 +598,7 @@ async fn postgres_restart_mid_stream_is_survived() {
     support::create_topics(&bootstrap, &topics, 2).await;
     let collector = support::Collector::start(&bootstrap, &topics);
     let outbox = Outbox::new(pool.clone(), "faults");
-    // 40 aggregates x 100 events, committed before the relay starts.
+    // 40 aggregates x 200 events, committed before the relay starts.
     let backlog: Vec<EssayGradedV1> = (0..BACKLOG as i64)
         .map(|i| EssayGradedV1 {
             essay_id: format!("pg-{}", i % 40),
@@ -609,7 +609,9 @@ async fn postgres_restart_mid_stream_is_survived() {
     tx.publish_all(&backlog).await.unwrap();
     tx.commit().await.unwrap();
     let mut config = fixtures::relay_config(&prefix);
-    config.batch_size = 20; // many small batches, so the restart lands mid-stream
+    // Many tiny batches, so the restart lands mid-stream however fast a
+    // batch goes (asserted below).
+    config.batch_size = 5;
     let relay = Relay::new(pool.clone(), fixtures::kafka(&bootstrap), config)
         .await
         .unwrap()

@@ -155,3 +155,92 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
     collector.stop();
     db.drop_db().await;
 }
+
+/// The relay claims the next full batch while the current one is produced.
+/// When an event of the current batch fails, its aggregate's later event that
+/// was already claimed ahead must not be sent: it waits behind the failed
+/// one (default `block` policy), while everything else in both batches flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
+    support::init_tracing();
+    let db = support::TestDatabase::create("ahead").await;
+    outbox::migrate(&db.pool).await.unwrap();
+    let prefix = support::unique("ahead");
+    let topics = fixtures::prefixed_topics(&prefix);
+    let bootstrap = support::bootstrap_servers();
+    support::create_topics(&bootstrap, &topics, 2).await;
+    let collector = support::Collector::start(&bootstrap, &topics);
+    let outbox = Outbox::new(db.pool.clone(), "svc");
+
+    // Committed before the relay starts, so batches are full: batch 1 holds
+    // ok-0..ok-4, the poison event, ok-5..ok-8; batch 2 (claimed ahead while
+    // batch 1 is produced) holds ok-9, ok-10, the poison aggregate's second
+    // event, ok-11.. .
+    let event = |id: &str, seq: i64, content: String| EssayUploadedV1 {
+        essay_id: id.into(),
+        seq,
+        content,
+    };
+    let mut tx = outbox.transactional_publish().await.unwrap();
+    let mut others = 0;
+    for position in 0..30 {
+        let e = match position {
+            5 => event("poison", 0, "x".repeat(200_000)),
+            12 => event("poison", 1, "small".into()),
+            _ => {
+                others += 1;
+                event(&format!("ok-{position}"), 0, "fine".into())
+            }
+        };
+        tx.publish(&e).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut kafka = fixtures::kafka(&bootstrap);
+    kafka.set("message.max.bytes", "50000");
+    let mut config = fixtures::relay_config(&prefix);
+    config.batch_size = 10;
+    config.max_retries = 1;
+    let handle = Relay::new(db.pool.clone(), kafka, config)
+        .await
+        .unwrap()
+        .spawn();
+
+    let delivered = collector.wait_for(others, Duration::from_secs(60)).await;
+    let t = fixtures::report("claim_ahead_hold_back", others, &delivered);
+    assert_eq!(t.order_violations, 0);
+    // Until the poison event is dead, and after, its aggregate's later event
+    // stays pending and unsent.
+    let mut dead = false;
+    for _ in 0..100 {
+        dead = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if dead {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dead, "the oversized event becomes dead");
+    let settled = collector.settle(Duration::from_secs(2)).await;
+    assert_eq!(settled.len(), others, "only the other aggregates' events");
+    assert!(
+        settled
+            .iter()
+            .all(|m| m.headers["aggregate_id"] != "poison"),
+        "the event claimed ahead behind the failed one was not sent"
+    );
+    let waiting: String = sqlx::query_scalar(
+        "SELECT state FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, "pending");
+    handle.shutdown().await.unwrap();
+    collector.stop();
+    db.drop_db().await;
+}
