@@ -5,6 +5,8 @@ use crate::identifier::Names;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A row the relay is about to produce.
@@ -54,7 +56,7 @@ impl ClaimedRow {
 /// lookup, so the index scan stays in `seq` order and nothing else is
 /// skipped (no high-water mark: a row committed late with a lower `seq` is
 /// still found).
-pub(crate) fn claim_sql(names: &Names) -> String {
+fn claim_sql(names: &Names) -> String {
     let outbox = &names.outbox;
     format!(
         "SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
@@ -118,28 +120,63 @@ pub(crate) fn shard_mask(shards: &[i16]) -> i64 {
         .fold(0u64, |mask, &shard| mask | (1u64 << shard)) as i64
 }
 
-/// What one claim asks for.
-pub(crate) struct ClaimRequest<'a> {
-    pub shards: &'a [i16],
-    pub dead_blocks: bool,
-    pub limit: usize,
-    /// `seq`s of the batch in flight, which the claim must not return.
-    pub in_flight: &'a [i64],
+/// A claimed batch, and when and how long its claim ran.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub rows: Vec<ClaimedRow>,
+    pub started: Instant,
+    pub took: Duration,
 }
 
-pub(crate) async fn claim(
-    pool: &PgPool,
-    sql: &str,
-    request: ClaimRequest<'_>,
-) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-    let rows = sqlx::query(sql)
-        .bind(shard_mask(request.shards))
-        .bind(request.dead_blocks)
-        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
-        .bind(request.in_flight)
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(decode).collect()
+/// How this relay claims: the statement and the settings that stay the
+/// same from claim to claim. Cheap to clone into a task of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimer {
+    pool: PgPool,
+    sql: Arc<str>,
+    dead_blocks: bool,
+    limit: usize,
+}
+
+impl Claimer {
+    /// `dead_blocks`: dead rows hold back their aggregate; `limit`: the
+    /// batch size.
+    pub(crate) fn new(pool: PgPool, names: &Names, dead_blocks: bool, limit: usize) -> Self {
+        Self {
+            pool,
+            sql: claim_sql(names).into(),
+            dead_blocks,
+            limit,
+        }
+    }
+
+    /// The batch size: a claim that returns this many rows left more behind.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The next batch of `shards`, leaving out `in_flight` (the `seq`s of
+    /// the batch being produced, if any).
+    pub(crate) async fn claim(
+        &self,
+        shards: &[i16],
+        in_flight: &[i64],
+    ) -> Result<Claimed, sqlx::Error> {
+        let started = Instant::now();
+        let rows = sqlx::query(&self.sql)
+            .bind(shard_mask(shards))
+            .bind(self.dead_blocks)
+            .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))
+            .bind(in_flight)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(Claimed {
+            rows,
+            started,
+            took: started.elapsed(),
+        })
+    }
 }
 
 #[cfg(test)]

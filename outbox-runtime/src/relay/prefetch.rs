@@ -1,7 +1,7 @@
 //! The next batch, claimed while the broker acknowledges the current one.
 //!
 //! Claiming is a read, so it can overlap producing: the claim leaves out
-//! the rows in flight (see [`claim_sql`](super::claim::claim_sql)). Two rules
+//! the rows in flight (see `claim_sql` in `claim.rs`). Two rules
 //! keep the guarantees:
 //!
 //! - **Order.** The prefetch was claimed before the current batch's outcome
@@ -15,53 +15,48 @@
 //! so at most one batch is ever acknowledged but not yet marked (the bound
 //! on duplicates after a crash stays one batch).
 
-use super::claim::ClaimedRow;
+use super::claim::Claimed;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A batch claimed ahead.
+/// A batch claimed ahead, and the shards it was claimed under.
 #[derive(Debug)]
 pub(crate) struct Prefetched {
-    rows: Vec<ClaimedRow>,
+    batch: Claimed,
     shards: Vec<i16>,
-    /// When its claim started and how long it took.
-    pub claimed_at: Instant,
-    pub claim_took: Duration,
 }
 
 impl Prefetched {
-    pub(crate) fn new(
-        rows: Vec<ClaimedRow>,
-        shards: &[i16],
-        claimed_at: Instant,
-        claim_took: Duration,
-    ) -> Self {
-        Self {
-            rows,
-            shards: shards.to_vec(),
-            claimed_at,
-            claim_took,
-        }
+    pub(crate) fn new(batch: Claimed, shards: Vec<i16>) -> Self {
+        Self { batch, shards }
+    }
+
+    /// How long its claim took.
+    pub(crate) fn claim_took(&self) -> Duration {
+        self.batch.took
     }
 
     /// Drops the rows of `unfinished` aggregates, keeping the rest in order.
     pub(crate) fn hold_back(&mut self, unfinished: &HashSet<(&str, &str)>) {
         if !unfinished.is_empty() {
-            self.rows
+            self.batch
+                .rows
                 .retain(|row| !unfinished.contains(&row.aggregate()));
         }
     }
 
-    /// The rows, if the relay still owns exactly the shards they were
-    /// claimed under.
-    pub(crate) fn into_rows_if_owned(self, owned: &[i16]) -> Option<Vec<ClaimedRow>> {
-        (self.shards == owned).then_some(self.rows)
+    /// The batch, if the relay still owns exactly the shards it was claimed
+    /// under.
+    pub(crate) fn into_batch_if_owned(self, owned: &[i16]) -> Option<Claimed> {
+        (self.shards == owned).then_some(self.batch)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::claim::ClaimedRow;
+    use std::time::Instant;
     use uuid::Uuid;
 
     fn row(seq: i64, aggregate: &str) -> ClaimedRow {
@@ -83,31 +78,38 @@ mod tests {
         }
     }
 
-    fn seqs(rows: &[ClaimedRow]) -> Vec<i64> {
-        rows.iter().map(|r| r.seq).collect()
+    fn prefetched(rows: Vec<ClaimedRow>, shards: &[i16]) -> Prefetched {
+        let batch = Claimed {
+            rows,
+            started: Instant::now(),
+            took: Duration::ZERO,
+        };
+        Prefetched::new(batch, shards.to_vec())
+    }
+
+    fn seqs(batch: &Claimed) -> Vec<i64> {
+        batch.rows.iter().map(|r| r.seq).collect()
     }
 
     #[test]
     fn rows_of_unfinished_aggregates_are_held_back_in_order() {
         let rows = vec![row(5, "a"), row(6, "b"), row(7, "a"), row(8, "c")];
-        let mut prefetched = Prefetched::new(rows, &[0, 1], Instant::now(), Duration::ZERO);
+        let mut prefetched = prefetched(rows, &[0, 1]);
         prefetched.hold_back(&HashSet::from([("essay", "a")]));
-        let kept = prefetched.into_rows_if_owned(&[0, 1]).unwrap();
+        let kept = prefetched.into_batch_if_owned(&[0, 1]).unwrap();
         assert_eq!(seqs(&kept), [6, 8]);
     }
 
     #[test]
     fn an_aggregate_of_another_type_is_not_held_back() {
-        let mut prefetched =
-            Prefetched::new(vec![row(1, "a")], &[0], Instant::now(), Duration::ZERO);
+        let mut prefetched = prefetched(vec![row(1, "a")], &[0]);
         prefetched.hold_back(&HashSet::from([("file_upload", "a")]));
-        assert_eq!(prefetched.into_rows_if_owned(&[0]).unwrap().len(), 1);
+        assert_eq!(prefetched.into_batch_if_owned(&[0]).unwrap().rows.len(), 1);
     }
 
     #[test]
     fn a_rebalance_discards_the_prefetch() {
-        let prefetched =
-            Prefetched::new(vec![row(1, "a")], &[0, 1], Instant::now(), Duration::ZERO);
-        assert!(prefetched.into_rows_if_owned(&[0]).is_none());
+        let prefetched = prefetched(vec![row(1, "a")], &[0, 1]);
+        assert!(prefetched.into_batch_if_owned(&[0]).is_none());
     }
 }

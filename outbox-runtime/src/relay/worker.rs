@@ -1,6 +1,6 @@
 //! The relay loop: maintain leases, claim, produce, record, wait.
 
-use super::claim::{claim, claim_sql, ClaimRequest, ClaimedRow};
+use super::claim::{Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -41,7 +42,7 @@ pub(crate) struct Worker {
     names: Names,
     instance_id: Uuid,
     counters: Arc<RelayCounters>,
-    claim_sql: Arc<str>,
+    claimer: Claimer,
     outcome_sql: OutcomeSql,
     retention_sql: String,
     leases: Leases,
@@ -57,13 +58,6 @@ pub(crate) struct Worker {
     next_queue_gauges: Instant,
     /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
-}
-
-/// A batch claimed while the previous one was recorded.
-struct ClaimedAhead {
-    rows: Result<Vec<ClaimedRow>, sqlx::Error>,
-    started: Instant,
-    took: Duration,
 }
 
 struct BatchResult {
@@ -102,7 +96,12 @@ impl Worker {
         let mut local = wake::subscribe_local();
         local.borrow_and_update();
         Self {
-            claim_sql: claim_sql(&names).into(),
+            claimer: Claimer::new(
+                pool.clone(),
+                &names,
+                config.dead_event_policy == DeadEventPolicy::BlockAggregate,
+                config.batch_size,
+            ),
             outcome_sql: OutcomeSql::new(&names),
             retention_sql: format!(
                 "DELETE FROM {o} WHERE seq IN (
@@ -355,20 +354,15 @@ impl Worker {
     }
 
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
-        let prefetched = self.prefetched.take().and_then(|p| {
-            let (at, took) = (p.claimed_at, p.claim_took);
-            p.into_rows_if_owned(self.leases.owned())
-                .map(|rows| (rows, at, took))
-        });
-        let (rows, started, claim_took) = match prefetched {
-            Some(prefetched) => prefetched,
-            None => {
-                let started = Instant::now();
-                let rows = claim(&self.pool, &self.claim_sql, self.claim_request(&[])).await?;
-                (rows, started, started.elapsed())
-            }
+        let prefetched = self
+            .prefetched
+            .take()
+            .and_then(|p| p.into_batch_if_owned(self.leases.owned()));
+        let batch = match prefetched {
+            Some(batch) => batch,
+            None => self.claimer.claim(self.leases.owned(), &[]).await?,
         };
-        if rows.is_empty() {
+        if batch.rows.is_empty() {
             return Ok(BatchResult {
                 claimed: 0,
                 broker_unreachable: false,
@@ -376,82 +370,49 @@ impl Worker {
         }
         let span = tracing::info_span!(
             "outbox.relay.batch",
-            events = rows.len(),
+            events = batch.rows.len(),
             instance_id = %self.instance_id,
-            first_seq = rows.first().map(|r| r.seq),
-            last_seq = rows.last().map(|r| r.seq),
+            first_seq = batch.rows.first().map(|r| r.seq),
+            last_seq = batch.rows.last().map(|r| r.seq),
         );
-        let result = self
-            .deliver(rows, started, claim_took)
-            .instrument(span)
-            .await;
+        let started = batch.started;
+        let result = self.deliver(batch).instrument(span).await;
         if let (Some(metrics), Ok(_)) = (&self.metrics, &result) {
             metrics.batch_processed(started.elapsed().as_secs_f64());
         }
         result
     }
 
-    fn claim_request<'a>(&'a self, in_flight: &'a [i64]) -> ClaimRequest<'a> {
-        ClaimRequest {
-            shards: self.leases.owned(),
-            dead_blocks: self.config.dead_event_policy == DeadEventPolicy::BlockAggregate,
-            limit: self.config.batch_size,
-            in_flight,
-        }
-    }
-
-    /// The claim of the batch after `in_flight`, as a future owning what it
-    /// needs, so it can run as its own task while the current batch is
-    /// produced; `None` when the relay is stopping.
-    fn claim_ahead(
-        &self,
-        in_flight: Vec<i64>,
-    ) -> impl std::future::Future<Output = Option<ClaimedAhead>> + 'static {
-        let ahead = !self.stopping();
-        let pool = self.pool.clone();
-        let sql = self.claim_sql.clone();
+    /// Claims the batch after `rows` in a task of its own, while `rows` are
+    /// produced: decoding a claimed batch is CPU work that would otherwise
+    /// hold up this task while it enqueues and collects acknowledgements.
+    fn claim_ahead(&self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+        let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
-        let dead_blocks = self.config.dead_event_policy == DeadEventPolicy::BlockAggregate;
-        let limit = self.config.batch_size;
-        async move {
-            if !ahead {
-                return None;
-            }
-            let started = Instant::now();
-            let request = ClaimRequest {
-                shards: &shards,
-                dead_blocks,
-                limit,
-                in_flight: &in_flight,
-            };
-            let rows = claim(&pool, &sql, request).await;
-            Some(ClaimedAhead {
-                rows,
-                started,
-                took: started.elapsed(),
-            })
-        }
+        let in_flight: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        tokio::spawn(async move {
+            let batch = claimer.claim(&shards, &in_flight).await?;
+            Ok(Prefetched::new(batch, shards))
+        })
     }
 
-    /// Produces `rows` while the batch after them is claimed (when `rows`
-    /// is a full batch), records the outcome, then keeps the claimed batch
-    /// for the next round (see `prefetch`). The claim runs as its own task: decoding a claimed
-    /// batch is CPU work that would otherwise hold up this task while it
-    /// enqueues and collects acknowledgements.
-    async fn deliver(
-        &mut self,
-        rows: Vec<ClaimedRow>,
-        claimed_at: Instant,
-        claim_took: Duration,
-    ) -> Result<BatchResult, sqlx::Error> {
+    /// Produces the batch, claiming the next one meanwhile when this one is
+    /// full; records the outcome, then keeps the batch claimed ahead for the
+    /// next round (see `prefetch`).
+    async fn deliver(&mut self, batch: Claimed) -> Result<BatchResult, sqlx::Error> {
+        let Claimed {
+            rows,
+            started: claimed_at,
+            took: claim_took,
+        } = batch;
         let claimed = rows.len();
         let produce_started = Instant::now();
         // A full batch means a backlog: claim the next one meanwhile. A
         // partial batch took everything there was; what commits meanwhile is
         // better claimed fresh after this batch, in one round, than split
         // across a claim-ahead and the round after it.
-        let claiming = (claimed >= self.config.batch_size)
-            .then(|| tokio::spawn(self.claim_ahead(rows.iter().map(|r| r.seq).collect())));
+        let claiming =
+            (claimed >= self.claimer.limit() && !self.stopping()).then(|| self.claim_ahead(&rows));
         let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
         let produce_took = produce_started.elapsed();
         // Acknowledgements are awaited together: the batch's end bounds each.
@@ -502,29 +463,25 @@ impl Worker {
         let record_took = record_started.elapsed();
         // Awaited even when it is not used, so no claim outlives its batch.
         let next = match claiming {
-            Some(claiming) => claiming.await.ok().flatten(),
+            Some(claiming) => claiming.await.ok(),
             None => None,
         };
         recorded?;
-        let next = next.filter(|_| !broker_unreachable);
-        let next_claim_ms = next.as_ref().map(|n| n.took.as_secs_f64() * 1e3);
+        let next_claim_ms = match &next {
+            Some(Ok(prefetched)) => Some(prefetched.claim_took().as_secs_f64() * 1e3),
+            _ => None,
+        };
         match next {
-            Some(ClaimedAhead {
-                rows: Ok(next_rows),
-                started,
-                took,
-            }) => {
-                let mut prefetched = Prefetched::new(next_rows, self.leases.owned(), started, took);
+            _ if broker_unreachable => {}
+            Some(Ok(mut prefetched)) => {
                 prefetched.hold_back(&unfinished);
                 self.prefetched = Some(prefetched);
             }
-            Some(ClaimedAhead {
-                rows: Err(error), ..
-            }) => {
+            Some(Err(error)) => {
                 // The next round claims afresh and reports a lasting error.
                 tracing::debug!(%error, "outbox relay could not claim ahead");
             }
-            _ => {}
+            None => {}
         }
         self.counters.batch(delivered.len() as u64, retried, dead);
         for row in &delivered_rows {
