@@ -4,9 +4,11 @@ use crate::context::PublishContext;
 use crate::error::{ConfigError, PublishError};
 use crate::identifier::{Names, SchemaName};
 use crate::metrics::OutboxMetrics;
-use crate::publish::{EventBatch, TransactionalPublish};
+use crate::publish::{Columns, EventBatch, TransactionalPublish};
 use crate::wake::NotifyThrottle;
 use crate::OutboxEvent;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +56,9 @@ pub(crate) struct Inner {
     pub(crate) source_service: String,
     pub(crate) names: Names,
     pub(crate) insert_sql: String,
-    /// One event, no wake-up: a plain `INSERT … VALUES`, the commonest case
-    /// (cheaper to plan and run than `unnest` over one-element arrays).
+    /// One event, no wake-up, the commonest case: a plain `INSERT … VALUES`
+    /// of the same one-element arrays (cheaper to plan and run than
+    /// `unnest` in a CTE).
     pub(crate) insert_one_sql: String,
     pub(crate) throttle: NotifyThrottle,
     pub(crate) metrics: Option<OutboxMetrics>,
@@ -212,44 +215,39 @@ impl Outbox {
         }
         let span = batch.span();
         let notify = self.inner.throttle.should_notify();
-        let mut cols = batch.into_columns();
-        if !notify {
-            if let Some(one) = cols.take_single() {
-                sqlx::query(&self.inner.insert_one_sql)
-                    .bind(one.id)
-                    .bind(one.aggregate_type)
-                    .bind(one.aggregate_id)
-                    .bind(one.event_type)
-                    .bind(one.version)
-                    .bind(one.topic)
-                    .bind(one.key)
-                    .bind(one.data)
-                    .bind(one.headers)
-                    .execute(conn)
-                    .instrument(span)
-                    .await
-                    .map_err(PublishError::db("inserting an event into the outbox"))?;
-                return Ok(1);
-            }
-        }
-        sqlx::query(&self.inner.insert_sql)
-            .bind(cols.ids)
-            .bind(cols.aggregate_types)
-            .bind(cols.aggregate_ids)
-            .bind(cols.event_types)
-            .bind(cols.versions)
-            .bind(cols.topics)
-            .bind(cols.keys)
-            .bind(cols.data)
-            .bind(cols.headers)
-            .bind(&self.inner.names.channel)
-            .bind(notify)
+        let cols = batch.into_columns();
+        let query = if n == 1 && !notify {
+            bind_columns(sqlx::query(&self.inner.insert_one_sql), cols)
+        } else {
+            bind_columns(sqlx::query(&self.inner.insert_sql), cols)
+                .bind(&self.inner.names.channel)
+                .bind(notify)
+        };
+        query
             .execute(conn)
             .instrument(span)
             .await
             .map_err(PublishError::db("inserting events into the outbox"))?;
         Ok(n)
     }
+}
+
+/// Binds a batch's columns as the nine arrays `$1`…`$9` of both insert
+/// statements.
+fn bind_columns(
+    query: Query<'_, Postgres, PgArguments>,
+    cols: Columns,
+) -> Query<'_, Postgres, PgArguments> {
+    query
+        .bind(cols.ids)
+        .bind(cols.aggregate_types)
+        .bind(cols.aggregate_ids)
+        .bind(cols.event_types)
+        .bind(cols.versions)
+        .bind(cols.topics)
+        .bind(cols.keys)
+        .bind(cols.data)
+        .bind(cols.headers)
 }
 
 /// Configures an [`Outbox`].
@@ -322,7 +320,9 @@ impl OutboxBuilder {
         let insert_one_sql = format!(
             "INSERT INTO {outbox}
                  (id, aggregate_type, aggregate_id, event_type, event_version, topic, event_key, event_data, headers)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9::jsonb)",
+             VALUES (($1::uuid[])[1], ($2::text[])[1], ($3::text[])[1], ($4::text[])[1],
+                     ($5::int4[])[1], ($6::text[])[1], ($7::text[])[1],
+                     ($8::text[])[1]::json, ($9::text[])[1]::jsonb)",
             outbox = names.outbox
         );
         Outbox {

@@ -52,51 +52,6 @@ pub(crate) struct Columns {
     pub headers: Vec<String>,
 }
 
-/// The columns of a batch of exactly one event.
-pub(crate) struct SingleRow {
-    pub id: Uuid,
-    pub aggregate_type: &'static str,
-    pub aggregate_id: String,
-    pub event_type: &'static str,
-    pub version: i32,
-    pub topic: &'static str,
-    pub key: String,
-    pub data: String,
-    pub headers: String,
-}
-
-impl Columns {
-    /// Takes the only row out, when there is exactly one (otherwise leaves
-    /// the columns as they are).
-    pub(crate) fn take_single(&mut self) -> Option<SingleRow> {
-        let lengths = [
-            self.ids.len(),
-            self.aggregate_types.len(),
-            self.aggregate_ids.len(),
-            self.event_types.len(),
-            self.versions.len(),
-            self.topics.len(),
-            self.keys.len(),
-            self.data.len(),
-            self.headers.len(),
-        ];
-        if lengths != [1; 9] {
-            return None;
-        }
-        Some(SingleRow {
-            id: self.ids.pop()?,
-            aggregate_type: self.aggregate_types.pop()?,
-            aggregate_id: self.aggregate_ids.pop()?,
-            event_type: self.event_types.pop()?,
-            version: self.versions.pop()?,
-            topic: self.topics.pop()?,
-            key: self.keys.pop()?,
-            data: self.data.pop()?,
-            headers: self.headers.pop()?,
-        })
-    }
-}
-
 #[derive(Serialize)]
 struct StoredHeaders<'a> {
     correlation_id: Uuid,
