@@ -64,33 +64,10 @@ fn spawn_writers(
         .collect()
 }
 
-struct Scenario {
-    db: support::TestDatabase,
-    prefix: String,
-    topics: Vec<String>,
-    outbox: Outbox,
-}
-
-async fn scenario(label: &str, bootstrap: &str, partitions: i32) -> Scenario {
-    support::init_tracing();
-    let db = support::TestDatabase::create(label).await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let prefix = support::unique(label);
-    let topics = fixtures::prefixed_topics(&prefix);
-    support::create_topics(bootstrap, &topics, partitions).await;
-    let outbox = Outbox::new(db.pool.clone(), "faults");
-    Scenario {
-        db,
-        prefix,
-        topics,
-        outbox,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_in_one_process_keep_order_while_rebalancing() {
     let bootstrap = support::bootstrap_servers();
-    let s = scenario("multi", &bootstrap, 4).await;
+    let s = fixtures::scenario("multi", &bootstrap, 4).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let config = fixtures::relay_config(&s.prefix);
     let spawn = || async {
@@ -200,7 +177,7 @@ async fn relay_processes_killed_mid_stream_lose_nothing_and_keep_order() {
     const EVENTS: usize = 20_000;
     const BATCH: usize = 100; // relay_worker's OUTBOX_BATCH_SIZE default
     let bootstrap = support::bootstrap_servers();
-    let s = scenario("kill", &bootstrap, 4).await;
+    let s = fixtures::scenario("kill", &bootstrap, 4).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let start = || RelayProcess::start(&s.db.url, &bootstrap, &s.prefix, &[]);
     let (mut a, mut b, c) = (start(), start(), start());
@@ -231,7 +208,7 @@ async fn relay_processes_killed_mid_stream_lose_nothing_and_keep_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_database_connections_are_survived() {
     let bootstrap = support::bootstrap_servers();
-    let s = scenario("connloss", &bootstrap, 2).await;
+    let s = fixtures::scenario("connloss", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let app = format!("outbox-relay-{}", s.prefix.trim_end_matches('.'));
     let options = PgConnectOptions::from_str(&s.db.url)
@@ -297,7 +274,7 @@ async fn lost_database_connections_are_survived() {
 async fn broker_restart_mid_stream_loses_nothing() {
     let mut broker = support::TansuBroker::start(None);
     let bootstrap = broker.bootstrap();
-    let s = scenario("brokerrestart", &bootstrap, 2).await;
+    let s = fixtures::scenario("brokerrestart", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let mut config = fixtures::relay_config(&s.prefix);
     config.max_retries = 1_000;
@@ -391,7 +368,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_inserted_by_hand_become_dead_and_others_flow() {
     let bootstrap = support::bootstrap_servers();
-    let s = scenario("badrows", &bootstrap, 1).await;
+    let s = fixtures::scenario("badrows", &bootstrap, 1).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let insert = "INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, topic, event_key, event_data)
                   VALUES (gen_random_uuid(), 'essay', $1, 'EssayGradedV1', $2, $1, $3::jsonb)";
@@ -475,7 +452,7 @@ async fn bad_rows_inserted_by_hand_become_dead_and_others_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_commit_of_an_earlier_seq_is_not_skipped() {
     let bootstrap = support::bootstrap_servers();
-    let s = scenario("latecommit", &bootstrap, 1).await;
+    let s = fixtures::scenario("latecommit", &bootstrap, 1).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let relay = Relay::new(
         s.db.pool.clone(),

@@ -6,7 +6,7 @@
 mod fixtures;
 mod support;
 
-use outbox::{Outbox, OutboxEvent, Relay};
+use outbox::{OutboxEvent, Relay};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -21,30 +21,24 @@ struct EssayUploadedV1 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_event_goes_dead_and_others_keep_flowing() {
-    support::init_tracing();
-    let db = support::TestDatabase::create("poison").await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let prefix = support::unique("poison");
-    let topics = fixtures::prefixed_topics(&prefix);
     let bootstrap = support::bootstrap_servers();
-    support::create_topics(&bootstrap, &topics, 2).await;
-    let collector = support::Collector::start(&bootstrap, &topics);
-    let outbox = Outbox::new(db.pool.clone(), "svc");
+    let s = fixtures::scenario("poison", &bootstrap, 2).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
 
     let mut kafka = fixtures::kafka(&bootstrap);
     kafka.set("message.max.bytes", "50000"); // the size limit messages must respect
-    let mut config = fixtures::relay_config(&prefix);
+    let mut config = fixtures::relay_config(&s.prefix);
     // Retries spread over several seconds, so the other aggregates' events
     // provably arrive while the poison event is still being retried.
     config.max_retries = 3;
     config.retry_backoff = Duration::from_secs(2);
     config.max_retry_backoff = Duration::from_secs(4);
-    let handle = Relay::new(db.pool.clone(), kafka, config)
+    let handle = Relay::new(s.db.pool.clone(), kafka, config)
         .await
         .unwrap()
         .spawn();
 
-    let mut tx = outbox.transactional_publish().await.unwrap();
+    let mut tx = s.outbox.transactional_publish().await.unwrap();
     tx.publish(&EssayUploadedV1 {
         essay_id: "poison".into(),
         seq: 0,
@@ -69,7 +63,7 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
                 content: "fine".into(),
             })
             .collect();
-        let mut tx = outbox.transactional_publish().await.unwrap();
+        let mut tx = s.outbox.transactional_publish().await.unwrap();
         tx.publish_all(&events).await.unwrap();
         tx.commit().await.unwrap();
     }
@@ -81,7 +75,7 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
         row = sqlx::query_as(
             "SELECT state, retry_count FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '0'",
         )
-        .fetch_one(&db.pool)
+        .fetch_one(&s.db.pool)
         .await
         .unwrap();
         if row.1 > 0 {
@@ -106,7 +100,7 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
         dead = sqlx::query_as::<_, (i32, Option<String>)>(
             "SELECT retry_count, last_error FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison'",
         )
-        .fetch_optional(&db.pool)
+        .fetch_optional(&s.db.pool)
         .await
         .unwrap();
         if dead.is_some() {
@@ -132,14 +126,14 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
         "the poison aggregate's later event waits behind the dead one"
     );
     let waiting: String = sqlx::query_scalar("SELECT state FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '1'")
-        .fetch_one(&db.pool)
+        .fetch_one(&s.db.pool)
         .await
         .unwrap();
     assert_eq!(waiting, "pending");
 
     // An operator releases the aggregate: the dead event stays (released),
     // the later one is delivered.
-    let released = outbox::admin::release(&db.pool, None, "essay", "poison")
+    let released = outbox::admin::release(&s.db.pool, None, "essay", "poison")
         .await
         .unwrap();
     assert_eq!(released, 1);
@@ -153,7 +147,7 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
     let stats = handle.shutdown().await.unwrap();
     assert_eq!(stats.dead, 1);
     collector.stop();
-    db.drop_db().await;
+    s.db.drop_db().await;
 }
 
 /// The relay claims the next full batch while the current one is produced.
@@ -162,15 +156,9 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
 /// one (default `block` policy), while everything else in both batches flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
-    support::init_tracing();
-    let db = support::TestDatabase::create("ahead").await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let prefix = support::unique("ahead");
-    let topics = fixtures::prefixed_topics(&prefix);
     let bootstrap = support::bootstrap_servers();
-    support::create_topics(&bootstrap, &topics, 2).await;
-    let collector = support::Collector::start(&bootstrap, &topics);
-    let outbox = Outbox::new(db.pool.clone(), "svc");
+    let s = fixtures::scenario("ahead", &bootstrap, 2).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
 
     // Committed before the relay starts, so batches are full: batch 1 holds
     // ok-0..ok-4, the poison event, ok-5..ok-8; batch 2 (claimed ahead while
@@ -181,7 +169,7 @@ async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
         seq,
         content,
     };
-    let mut tx = outbox.transactional_publish().await.unwrap();
+    let mut tx = s.outbox.transactional_publish().await.unwrap();
     let mut others = 0;
     for position in 0..30 {
         let e = match position {
@@ -198,10 +186,10 @@ async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
 
     let mut kafka = fixtures::kafka(&bootstrap);
     kafka.set("message.max.bytes", "50000");
-    let mut config = fixtures::relay_config(&prefix);
+    let mut config = fixtures::relay_config(&s.prefix);
     config.batch_size = 10;
     config.max_retries = 1;
-    let handle = Relay::new(db.pool.clone(), kafka, config)
+    let handle = Relay::new(s.db.pool.clone(), kafka, config)
         .await
         .unwrap()
         .spawn();
@@ -216,7 +204,7 @@ async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
         dead = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison')",
         )
-        .fetch_one(&db.pool)
+        .fetch_one(&s.db.pool)
         .await
         .unwrap();
         if dead {
@@ -236,11 +224,11 @@ async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
     let waiting: String = sqlx::query_scalar(
         "SELECT state FROM event_outbox WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' = '1'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&s.db.pool)
     .await
     .unwrap();
     assert_eq!(waiting, "pending");
     handle.shutdown().await.unwrap();
     collector.stop();
-    db.drop_db().await;
+    s.db.drop_db().await;
 }
