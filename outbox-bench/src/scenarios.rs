@@ -731,9 +731,8 @@ pub async fn end_to_end_latency(
         " ms",
     );
     poll.report(report, "poll_1s");
-    let (p50, p99) = (poll.p50, poll.p99);
-    report.figure("end_to_end_latency.poll_1s_p50_ms", ms(p50));
-    report.figure("end_to_end_latency.poll_1s_p99_ms", ms(p99));
+    report.figure("end_to_end_latency.poll_1s_p50_ms", ms(poll.p50));
+    report.figure("end_to_end_latency.poll_1s_p99_ms", ms(poll.p99));
     Ok(())
 }
 
