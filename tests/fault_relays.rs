@@ -1,5 +1,6 @@
 //! Guarantees under concurrency and faults (docs/guarantees.md): several
-//! relays in one process and in several processes killed with SIGKILL, lost
+//! relays in one process (also joining while one drains a backlog with
+//! batches claimed ahead) and in several processes killed with SIGKILL, lost
 //! database connections, a broker restart, bad rows inserted by hand, late
 //! commits of earlier sequence numbers, and secrets kept out of logs. Each
 //! scenario prints its tally.
@@ -83,6 +84,10 @@ async fn several_relays_in_one_process_keep_order_while_rebalancing() {
     let a = spawn().await;
     let b = spawn().await;
     let c = spawn().await;
+    // The first relay may take every shard before the others register; on
+    // a fast machine it would then deliver everything before the first
+    // rebalance. Share the shards first, so the shutdown below moves some.
+    wait_for_lease_owners(&s.db.pool, 3).await;
     let writers = spawn_writers(&s.outbox, 4, 20, 100, 20); // 8,000 events, 80 aggregates
     collector.wait_for(2_000, Duration::from_secs(120)).await;
     b.shutdown().await.unwrap(); // its shards move to the others
@@ -101,6 +106,92 @@ async fn several_relays_in_one_process_keep_order_while_rebalancing() {
         .map(|r| r.unwrap().delivered)
         .sum();
     assert!(delivered > 0);
+    collector.stop();
+    s.db.drop_db().await;
+}
+
+/// Waits until `owners` relay instances hold shard leases.
+async fn wait_for_lease_owners(pool: &sqlx::PgPool, owners: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT owner) FROM event_outbox_lease WHERE expires_at > now()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if now == owners {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{owners} relays did not share the shards within 60 s ({now} do)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A relay draining a backlog claims each next batch while producing the
+/// current one, and gives shards away between batches when others join:
+/// nothing is lost, duplicated or reordered while its shards move twice
+/// with most of the backlog pending. (The narrower race, a newcomer claiming
+/// rows of a batch the old owner claimed ahead before the move, lasts
+/// milliseconds per move; `Prefetched::into_batch_if_owned` closes it and
+/// its unit test in `prefetch.rs` proves that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_move_while_batches_are_claimed_ahead() {
+    let bootstrap = support::bootstrap_servers();
+    let s = fixtures::scenario("aheadmove", &bootstrap, 4).await;
+    let committed = 40_000;
+    // The whole backlog first: every batch is full, so every batch is
+    // claimed ahead.
+    for w in spawn_writers(&s.outbox, 4, 100, 100, 1_000) {
+        w.await.unwrap();
+    }
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let mut config = fixtures::relay_config(&s.prefix);
+    // Small batches and quick lease maintenance (every TTL / 3), so the
+    // shards move twice while most of the backlog is still pending.
+    config.batch_size = 5;
+    config.message_timeout = Duration::from_secs(1);
+    config.lease_ttl = Duration::from_secs(3);
+    let spawn = || async {
+        Relay::new(
+            s.db.pool.clone(),
+            fixtures::kafka(&bootstrap),
+            config.clone(),
+        )
+        .await
+        .unwrap()
+        .spawn()
+    };
+    let a = spawn().await;
+    collector.wait_for(500, Duration::from_secs(120)).await;
+    let b = spawn().await;
+    wait_for_lease_owners(&s.db.pool, 2).await;
+    let c = spawn().await;
+    wait_for_lease_owners(&s.db.pool, 3).await;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    println!("pending after the shards moved twice: {pending}");
+    assert!(
+        pending > 1_000,
+        "the backlog must outlast the moves for this test to prove anything; raise `committed`"
+    );
+    collector
+        .wait_for(committed, Duration::from_secs(300))
+        .await;
+    let all = collector.settle(Duration::from_secs(3)).await;
+    let t = fixtures::report("claimed_ahead_shards_move", committed, &all);
+    assert_eq!(t.received, committed);
+    assert_eq!(t.order_violations, 0);
+    assert_eq!(t.duplicates, 0, "no crash, so no row is produced twice");
+    for relay in [a, b, c] {
+        relay.shutdown().await.unwrap();
+    }
     collector.stop();
     s.db.drop_db().await;
 }
