@@ -8,7 +8,7 @@
 mod fixtures;
 mod support;
 
-use outbox::{Outbox, OutboxEvent, Relay};
+use outbox::{Outbox, OutboxEvent, Relay, RelayConfig, RelayHandle};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::path::PathBuf;
@@ -65,22 +65,25 @@ fn spawn_writers(
         .collect()
 }
 
+/// Starts a relay on scenario `s` in this process.
+async fn spawn_relay(s: &fixtures::Scenario, bootstrap: &str, config: &RelayConfig) -> RelayHandle {
+    Relay::new(
+        s.db.pool.clone(),
+        fixtures::kafka(bootstrap),
+        config.clone(),
+    )
+    .await
+    .unwrap()
+    .spawn()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_in_one_process_keep_order_while_rebalancing() {
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario("multi", &bootstrap, 4).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let config = fixtures::relay_config(&s.prefix);
-    let spawn = || async {
-        Relay::new(
-            s.db.pool.clone(),
-            fixtures::kafka(&bootstrap),
-            config.clone(),
-        )
-        .await
-        .unwrap()
-        .spawn()
-    };
+    let spawn = || spawn_relay(&s, &bootstrap, &config);
     let a = spawn().await;
     let b = spawn().await;
     let c = spawn().await;
@@ -155,16 +158,7 @@ async fn shards_move_while_batches_are_claimed_ahead() {
     config.batch_size = 5;
     config.message_timeout = Duration::from_secs(1);
     config.lease_ttl = Duration::from_secs(3);
-    let spawn = || async {
-        Relay::new(
-            s.db.pool.clone(),
-            fixtures::kafka(&bootstrap),
-            config.clone(),
-        )
-        .await
-        .unwrap()
-        .spawn()
-    };
+    let spawn = || spawn_relay(&s, &bootstrap, &config);
     let a = spawn().await;
     collector.wait_for(500, Duration::from_secs(120)).await;
     let b = spawn().await;
