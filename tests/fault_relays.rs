@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Serialize, OutboxEvent)]
 #[outbox_event(topic = "faults.essay-graded.v1", aggregate = "essay")]
@@ -115,7 +115,7 @@ async fn several_relays_in_one_process_keep_order_while_rebalancing() {
 
 /// Waits until `owners` relay instances hold shard leases.
 async fn wait_for_lease_owners(pool: &sqlx::PgPool, owners: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT owner) FROM event_outbox_lease WHERE expires_at > now()",
@@ -127,7 +127,7 @@ async fn wait_for_lease_owners(pool: &sqlx::PgPool, owners: i64) {
             return;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{owners} relays did not share the shards within 60 s ({now} do)"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
