@@ -68,42 +68,9 @@ pub struct EnvelopeMetadata {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// The fields the relay needs to find at the top of a stored envelope; the
-/// values are skipped, not built.
-#[derive(Deserialize)]
-struct EnvelopeShape {
-    #[serde(rename = "event_id")]
-    _event_id: serde::de::IgnoredAny,
-    #[serde(rename = "event_type")]
-    _event_type: serde::de::IgnoredAny,
-    #[serde(rename = "data")]
-    _data: serde::de::IgnoredAny,
-}
-
-/// Whether `json` is a JSON object with `event_id`, `event_type` and `data`
-/// at its top level: what the relay requires of a row before sending it
-/// (rows written by hand may not be). One pass over the text, nothing kept.
-pub(crate) fn is_envelope(json: &str) -> bool {
-    serde_json::from_str::<EnvelopeShape>(json).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_shape_needs_an_object_with_the_three_keys() {
-        assert!(is_envelope(
-            r#"{"event_id": "x", "event_type": "E", "data": null, "more": [1]}"#
-        ));
-        assert!(!is_envelope(r#""just a string""#));
-        assert!(!is_envelope(r#"{"hello": 1}"#));
-        assert!(!is_envelope(r#"{"event_id": "x", "event_type": "E"}"#));
-        assert!(!is_envelope(
-            r#"[{"event_id": "x", "event_type": "E", "data": {}}]"#
-        ));
-        assert!(!is_envelope("{not json"));
-    }
 
     #[test]
     fn round_trips_and_omits_absent_trace_context() {

@@ -1,6 +1,6 @@
 //! Claiming the next batch of deliverable rows.
 
-use crate::envelope::is_envelope;
+use super::envelope_shape::is_envelope;
 use crate::identifier::Names;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::PgRow;
@@ -10,33 +10,120 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A row the relay is about to produce.
+///
+/// Its text columns share one buffer: one allocation per row instead of one
+/// per column (with 1,000-row batches, allocation was a measurable share of
+/// the relay's CPU).
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimedRow {
     pub seq: i64,
     pub id: Uuid,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub event_type: String,
-    pub topic: String,
-    pub key: String,
-    /// The envelope exactly as stored (`event_data`, a `json` column).
-    pub payload: String,
-    pub correlation_id: Option<String>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
     pub retry_count: i32,
-    /// Whether `payload` is a JSON object with `event_id`, `event_type` and
+    /// Whether the payload is a JSON object with `event_id`, `event_type` and
     /// `data` (rows written by hand may not be).
     pub envelope_ok: bool,
     /// Seconds since `created_at` when the row was claimed, by the
     /// database's clock (immune to skew between relay and database hosts).
     pub age_at_claim: f64,
+    text: String,
+    /// Where each text column lies in `text`, in `Text` order; `None` for
+    /// SQL `NULL`.
+    spans: [Option<(u32, u32)>; TEXT_COLUMNS],
 }
 
+/// The text columns of a claimed row, in `claim_sql`'s order.
+#[derive(Clone, Copy)]
+enum Text {
+    AggregateType,
+    AggregateId,
+    EventType,
+    Topic,
+    Key,
+    Payload,
+    CorrelationId,
+    Traceparent,
+    Tracestate,
+}
+
+const TEXT_COLUMNS: usize = 9;
+
+/// The text columns of one row, as read.
+pub(crate) type TextColumns<'a> = [Option<&'a str>; TEXT_COLUMNS];
+
 impl ClaimedRow {
-    /// The aggregate, as ordering sees it.
-    pub(crate) fn aggregate(&self) -> (&str, &str) {
-        (&self.aggregate_type, &self.aggregate_id)
+    /// A row from its columns; `texts` in `Text` order (aggregate type, id,
+    /// event type, topic, key, payload, correlation id, traceparent,
+    /// tracestate).
+    pub(crate) fn new(
+        seq: i64,
+        id: Uuid,
+        texts: TextColumns<'_>,
+        retry_count: i32,
+        age_at_claim: f64,
+    ) -> Self {
+        let mut text = String::with_capacity(texts.iter().flatten().map(|t| t.len()).sum());
+        let mut spans = [None; TEXT_COLUMNS];
+        for (span, column) in spans.iter_mut().zip(texts) {
+            if let Some(column) = column {
+                // A column is at most 1 GB in PostgreSQL, a row's text less
+                // than 4 GiB; a longer one would not have been claimed.
+                let start = u32::try_from(text.len()).unwrap_or(u32::MAX);
+                text.push_str(column);
+                *span = Some((start, u32::try_from(text.len()).unwrap_or(u32::MAX)));
+            }
+        }
+        let envelope_ok = is_envelope(texts[Text::Payload as usize].unwrap_or(""));
+        Self {
+            seq,
+            id,
+            retry_count,
+            envelope_ok,
+            age_at_claim,
+            text,
+            spans,
+        }
+    }
+
+    fn get(&self, column: Text) -> Option<&str> {
+        let (start, end) = self.spans[column as usize]?;
+        self.text.get(start as usize..end as usize)
+    }
+
+    pub(crate) fn aggregate_type(&self) -> &str {
+        self.get(Text::AggregateType).unwrap_or_default()
+    }
+
+    pub(crate) fn aggregate_id(&self) -> &str {
+        self.get(Text::AggregateId).unwrap_or_default()
+    }
+
+    pub(crate) fn event_type(&self) -> &str {
+        self.get(Text::EventType).unwrap_or_default()
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        self.get(Text::Topic).unwrap_or_default()
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        self.get(Text::Key).unwrap_or_default()
+    }
+
+    /// The envelope exactly as stored (`event_data`, a `json` column).
+    pub(crate) fn payload(&self) -> &str {
+        self.get(Text::Payload).unwrap_or_default()
+    }
+
+    pub(crate) fn correlation_id(&self) -> Option<&str> {
+        self.get(Text::CorrelationId)
+    }
+
+    pub(crate) fn traceparent(&self) -> Option<&str> {
+        self.get(Text::Traceparent)
+    }
+
+    pub(crate) fn tracestate(&self) -> Option<&str> {
+        self.get(Text::Tracestate)
     }
 }
 
@@ -82,25 +169,27 @@ fn claim_sql(names: &Names) -> String {
     )
 }
 
-/// Reads one claimed row; columns by position, in `claim_sql`'s order.
+/// Reads one claimed row; columns by position, in `claim_sql`'s order. Text
+/// is borrowed from the row and copied once, into the row's buffer.
 fn decode(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
-    let payload: String = row.try_get(7)?;
-    Ok(ClaimedRow {
-        seq: row.try_get(0)?,
-        id: row.try_get(1)?,
-        aggregate_type: row.try_get(2)?,
-        aggregate_id: row.try_get(3)?,
-        event_type: row.try_get(4)?,
-        topic: row.try_get(5)?,
-        key: row.try_get(6)?,
-        envelope_ok: is_envelope(&payload),
-        payload,
-        correlation_id: row.try_get(8)?,
-        traceparent: row.try_get(9)?,
-        tracestate: row.try_get(10)?,
-        retry_count: row.try_get(11)?,
-        age_at_claim: seconds(&row.try_get(12)?),
-    })
+    let texts: TextColumns<'_> = [
+        Some(row.try_get(2)?),
+        Some(row.try_get(3)?),
+        Some(row.try_get(4)?),
+        Some(row.try_get(5)?),
+        Some(row.try_get(6)?),
+        Some(row.try_get(7)?),
+        row.try_get(8)?,
+        row.try_get(9)?,
+        row.try_get(10)?,
+    ];
+    Ok(ClaimedRow::new(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        texts,
+        row.try_get(11)?,
+        seconds(&row.try_get(12)?),
+    ))
 }
 
 /// An age as seconds (`now() - created_at` has no months; a day is 86,400 s
@@ -180,8 +269,52 @@ impl Claimer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A claimed row of aggregate `(aggregate_type, aggregate_id)`.
+    pub(crate) fn row(seq: i64, aggregate_type: &str, aggregate_id: &str) -> ClaimedRow {
+        let payload = r#"{"event_id": "x", "event_type": "E", "data": {}}"#;
+        let texts = [
+            Some(aggregate_type),
+            Some(aggregate_id),
+            Some("E"),
+            Some("t"),
+            Some(aggregate_id),
+            Some(payload),
+            None,
+            None,
+            None,
+        ];
+        ClaimedRow::new(seq, Uuid::new_v4(), texts, 0, 0.0)
+    }
+
+    #[test]
+    fn text_columns_share_one_buffer_and_keep_nulls() {
+        let texts = [
+            Some("essay"),
+            Some("e-1"),
+            Some("EssayScoredV1"),
+            Some("essays.v1"),
+            Some("e-1"),
+            Some(r#"{"event_id": 1, "event_type": 2, "data": 3}"#),
+            Some("corr"),
+            None,
+            Some(""),
+        ];
+        let row = ClaimedRow::new(7, Uuid::nil(), texts, 2, 1.5);
+        assert_eq!(row.aggregate_type(), "essay");
+        assert_eq!(row.aggregate_id(), "e-1");
+        assert_eq!(row.event_type(), "EssayScoredV1");
+        assert_eq!(row.topic(), "essays.v1");
+        assert_eq!(row.key(), "e-1");
+        assert!(row.envelope_ok);
+        assert_eq!(row.correlation_id(), Some("corr"));
+        assert_eq!(row.traceparent(), None);
+        assert_eq!(row.tracestate(), Some(""));
+        let bad = ClaimedRow::new(8, Uuid::nil(), [Some("a"); TEXT_COLUMNS], 0, 0.0);
+        assert!(!bad.envelope_ok, "\"a\" is not an envelope");
+    }
 
     #[test]
     fn shard_masks_set_one_bit_per_shard() {

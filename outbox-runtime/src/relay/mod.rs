@@ -3,11 +3,14 @@
 
 mod claim;
 mod config;
+mod envelope_shape;
 mod lease;
 mod outcome;
 mod prefetch;
 mod produce;
 mod stats;
+mod unfinished;
+mod unrecorded;
 mod worker;
 
 pub use config::{DeadEventPolicy, RelayConfig, Retention};

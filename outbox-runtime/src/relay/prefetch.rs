@@ -11,12 +11,13 @@
 //! - **Ownership.** A prefetch is used only while the relay owns exactly the
 //!   shards it was claimed under; a rebalance in between throws it away.
 //!
-//! Nothing of the prefetch is produced before the current batch is recorded,
-//! so at most one batch is ever acknowledged but not yet marked (the bound
-//! on duplicates after a crash stays one batch).
+//! Nothing of the prefetch is produced before every acknowledgement of the
+//! current batch is in, so its hold-backs are decided on the current batch's
+//! outcome. The outcome itself is written while the prefetch is produced
+//! (see `unrecorded`).
 
 use super::claim::Claimed;
-use std::collections::HashSet;
+use super::unfinished::Unfinished;
 use std::time::Duration;
 
 /// A batch claimed ahead, and the shards it was claimed under.
@@ -37,11 +38,9 @@ impl Prefetched {
     }
 
     /// Drops the rows of `unfinished` aggregates, keeping the rest in order.
-    pub(crate) fn hold_back(&mut self, unfinished: &HashSet<(&str, &str)>) {
+    pub(crate) fn hold_back(&mut self, unfinished: &Unfinished) {
         if !unfinished.is_empty() {
-            self.batch
-                .rows
-                .retain(|row| !unfinished.contains(&row.aggregate()));
+            self.batch.rows.retain(|row| !unfinished.holds(row));
         }
     }
 
@@ -55,27 +54,17 @@ impl Prefetched {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::claim::ClaimedRow;
+    use crate::relay::claim::{tests::row as typed_row, ClaimedRow};
     use std::time::Instant;
-    use uuid::Uuid;
 
     fn row(seq: i64, aggregate: &str) -> ClaimedRow {
-        ClaimedRow {
-            seq,
-            id: Uuid::new_v4(),
-            aggregate_type: "essay".into(),
-            aggregate_id: aggregate.into(),
-            event_type: "E".into(),
-            topic: "t".into(),
-            key: aggregate.into(),
-            payload: "{}".into(),
-            correlation_id: None,
-            traceparent: None,
-            tracestate: None,
-            retry_count: 0,
-            envelope_ok: true,
-            age_at_claim: 0.0,
-        }
+        typed_row(seq, "essay", aggregate)
+    }
+
+    fn unfinished(aggregate_type: &str, aggregate_id: &str) -> Unfinished {
+        let mut set = Unfinished::default();
+        set.insert(&typed_row(0, aggregate_type, aggregate_id));
+        set
     }
 
     fn prefetched(rows: Vec<ClaimedRow>, shards: &[i16]) -> Prefetched {
@@ -95,7 +84,7 @@ mod tests {
     fn rows_of_unfinished_aggregates_are_held_back_in_order() {
         let rows = vec![row(5, "a"), row(6, "b"), row(7, "a"), row(8, "c")];
         let mut prefetched = prefetched(rows, &[0, 1]);
-        prefetched.hold_back(&HashSet::from([("essay", "a")]));
+        prefetched.hold_back(&unfinished("essay", "a"));
         let kept = prefetched.into_batch_if_owned(&[0, 1]).unwrap();
         assert_eq!(seqs(&kept), [6, 8]);
     }
@@ -103,7 +92,7 @@ mod tests {
     #[test]
     fn an_aggregate_of_another_type_is_not_held_back() {
         let mut prefetched = prefetched(vec![row(1, "a")], &[0]);
-        prefetched.hold_back(&HashSet::from([("file_upload", "a")]));
+        prefetched.hold_back(&unfinished("file_upload", "a"));
         assert_eq!(prefetched.into_batch_if_owned(&[0]).unwrap().rows.len(), 1);
     }
 

@@ -4,12 +4,12 @@
 use super::claim::ClaimedRow;
 use super::outcome::Failure;
 use crate::topic::validate_topic_name;
-use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::collections::HashSet;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// What happened to one claimed row.
 #[derive(Debug)]
@@ -51,28 +51,29 @@ fn classify(error: &KafkaError) -> Failure {
 }
 
 fn headers_for(row: &ClaimedRow) -> OwnedHeaders {
-    let id = row.id.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(6)
+    let mut id = Uuid::encode_buffer();
+    let id = row.id.hyphenated().encode_lower(&mut id);
+    let mut headers = OwnedHeaders::new_with_capacity(7)
         .insert(Header {
             key: "event_id",
             value: Some(id.as_bytes()),
         })
         .insert(Header {
             key: "event_type",
-            value: Some(row.event_type.as_bytes()),
+            value: Some(row.event_type().as_bytes()),
         })
         .insert(Header {
             key: "aggregate_type",
-            value: Some(row.aggregate_type.as_bytes()),
+            value: Some(row.aggregate_type().as_bytes()),
         })
         .insert(Header {
             key: "aggregate_id",
-            value: Some(row.aggregate_id.as_bytes()),
+            value: Some(row.aggregate_id().as_bytes()),
         });
     for (name, value) in [
-        ("correlation_id", &row.correlation_id),
-        ("traceparent", &row.traceparent),
-        ("tracestate", &row.tracestate),
+        ("correlation_id", row.correlation_id()),
+        ("traceparent", row.traceparent()),
+        ("tracestate", row.tracestate()),
     ] {
         if let Some(value) = value {
             headers = headers.insert(Header {
@@ -82,6 +83,36 @@ fn headers_for(row: &ClaimedRow) -> OwnedHeaders {
         }
     }
     headers
+}
+
+/// The broker topic of each row: prefix + the row's topic, validated. A
+/// batch mostly repeats a few topics, so the last one is remembered rather
+/// than built and checked per row.
+struct Topics<'a> {
+    prefix: &'a str,
+    last: Option<(String, Result<String, String>)>,
+}
+
+impl<'a> Topics<'a> {
+    fn new(prefix: &'a str) -> Self {
+        Self { prefix, last: None }
+    }
+
+    /// The full topic name, or why the row's topic is invalid.
+    fn of(&mut self, topic: &str) -> Result<&str, &str> {
+        let stale = !matches!(&self.last, Some((name, _)) if name == topic);
+        if stale {
+            let checked = validate_topic_name(topic)
+                .map(|()| format!("{}{topic}", self.prefix))
+                .map_err(|reason| reason.to_string());
+            self.last = Some((topic.to_owned(), checked));
+        }
+        match &self.last {
+            Some((_, Ok(full))) => Ok(full),
+            Some((_, Err(reason))) => Err(reason),
+            None => Err("no topic"),
+        }
+    }
 }
 
 enum Pending {
@@ -98,20 +129,28 @@ pub(crate) async fn produce_batch(
     rows: &[ClaimedRow],
 ) -> Vec<RowOutcome> {
     let mut failed_aggregates: HashSet<(&str, &str)> = HashSet::new();
+    let mut topics = Topics::new(topic_prefix);
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
-        let aggregate = (row.aggregate_type.as_str(), row.aggregate_id.as_str());
-        if failed_aggregates.contains(&aggregate) {
+        let aggregate = (row.aggregate_type(), row.aggregate_id());
+        if !failed_aggregates.is_empty() && failed_aggregates.contains(&aggregate) {
             pending.push(Pending::Done(RowOutcome::Held));
             continue;
         }
-        if let Some(failure) = check_row(row) {
-            failed_aggregates.insert(aggregate);
-            pending.push(Pending::Done(RowOutcome::Failed(failure)));
-            continue;
-        }
-        let topic = format!("{topic_prefix}{}", row.topic);
-        match enqueue(producer, &topic, row).await {
+        let checked = match topics.of(row.topic()) {
+            Ok(topic) if row.envelope_ok => Ok(topic),
+            Ok(_) => Err(malformed_envelope(row)),
+            Err(reason) => Err(invalid_topic(row, reason)),
+        };
+        let topic = match checked {
+            Ok(topic) => topic,
+            Err(failure) => {
+                failed_aggregates.insert(aggregate);
+                pending.push(Pending::Done(RowOutcome::Failed(failure)));
+                continue;
+            }
+        };
+        match enqueue(producer, topic, row).await {
             Ok(future) => pending.push(Pending::Sent(future)),
             Err(error) => {
                 failed_aggregates.insert(aggregate);
@@ -119,8 +158,12 @@ pub(crate) async fn produce_batch(
             }
         }
     }
-    let outcomes = join_all(pending.into_iter().map(|p| async move {
-        match p {
+    // Awaited in order: acknowledgements arrive in bursts (one per produce
+    // request), so after the first of a burst wakes this task the rest are
+    // already complete and cost no wake-up (`join_all` woke it per message).
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for p in pending {
+        outcomes.push(match p {
             Pending::Done(outcome) => outcome,
             Pending::Sent(future) => match future.await {
                 Ok(Ok(_)) => RowOutcome::Delivered,
@@ -129,28 +172,26 @@ pub(crate) async fn produce_batch(
                     "the Kafka producer was dropped before delivering".into(),
                 )),
             },
-        }
-    }))
-    .await;
+        });
+    }
     outcomes
 }
 
-/// Rejects rows that can never be delivered as they are.
-fn check_row(row: &ClaimedRow) -> Option<Failure> {
-    if let Err(reason) = validate_topic_name(&row.topic) {
-        return Some(Failure::Permanent(format!(
-            "invalid topic in outbox row: {reason}; correct the row's topic and run `outbox retry {}`",
-            row.id
-        )));
-    }
-    if !row.envelope_ok {
-        return Some(Failure::Permanent(format!(
-            "malformed envelope in outbox row: event_data must be a JSON object with event_id, \
-             event_type and data (see docs/envelope.md); correct it and run `outbox retry {}`",
-            row.id
-        )));
-    }
-    None
+/// A row whose topic can never be produced to.
+fn invalid_topic(row: &ClaimedRow, reason: &str) -> Failure {
+    Failure::Permanent(format!(
+        "invalid topic in outbox row: {reason}; correct the row's topic and run `outbox retry {}`",
+        row.id
+    ))
+}
+
+/// A row whose payload is not an envelope.
+fn malformed_envelope(row: &ClaimedRow) -> Failure {
+    Failure::Permanent(format!(
+        "malformed envelope in outbox row: event_data must be a JSON object with event_id, \
+         event_type and data (see docs/envelope.md); correct it and run `outbox retry {}`",
+        row.id
+    ))
 }
 
 async fn enqueue(
@@ -159,8 +200,8 @@ async fn enqueue(
     row: &ClaimedRow,
 ) -> Result<DeliveryFuture, KafkaError> {
     let mut record = FutureRecord::to(topic)
-        .key(row.key.as_str())
-        .payload(row.payload.as_str())
+        .key(row.key())
+        .payload(row.payload())
         .headers(headers_for(row));
     loop {
         match producer.send_result(record) {

@@ -5,8 +5,9 @@ use super::config::{DeadEventPolicy, Retention};
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
 use super::prefetch::Prefetched;
-use super::produce::{produce_batch, RowOutcome};
+use super::produce::produce_batch;
 use super::stats::RelayCounters;
+use super::unrecorded::Unrecorded;
 use super::{Relay, RelayConfig};
 use crate::identifier::Names;
 use crate::metrics::{ErrorKind, OutboxMetrics};
@@ -17,7 +18,6 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -58,11 +58,26 @@ pub(crate) struct Worker {
     next_queue_gauges: Instant,
     /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
+    /// The batch produced last, whose outcome is written while the next
+    /// one is produced.
+    unrecorded: Option<Unrecorded>,
 }
 
 struct BatchResult {
     claimed: usize,
     broker_unreachable: bool,
+}
+
+/// Retries of writing a batch's outcome: quick, since the broker already
+/// has the messages and every retry shortens the window for duplicates.
+fn record_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 fn infra_backoff() -> ExponentialBackoff {
@@ -130,6 +145,7 @@ impl Worker {
             metrics,
             next_queue_gauges: Instant::now(),
             prefetched: None,
+            unrecorded: None,
         }
     }
 
@@ -143,6 +159,8 @@ impl Worker {
             self.counters.tick();
             self.refresh_gauges().await;
             if self.leases.maintenance_due() {
+                // Shards may move: no outcome is left unwritten first.
+                self.flush_unrecorded().await;
                 if let Err(error) = self.leases.maintain(&self.pool).await {
                     self.leases.invalidate();
                     self.transient("renewing shard leases", &error).await;
@@ -176,6 +194,8 @@ impl Worker {
                         continue;
                     }
                 }
+            } else {
+                self.flush_unrecorded().await;
             }
             if !drained {
                 continue;
@@ -215,7 +235,8 @@ impl Worker {
 
     async fn finish(&mut self) {
         // Nothing is in flight here: batches are awaited before the loop
-        // checks for shutdown.
+        // checks for shutdown, and the last outcome is written now.
+        self.flush_unrecorded().await;
         if let Err(error) = self.leases.release_all(&self.pool).await {
             tracing::warn!(%error, "outbox relay could not give its leases back; they expire after the TTL");
         }
@@ -360,9 +381,22 @@ impl Worker {
             .and_then(|p| p.into_batch_if_owned(self.leases.owned()));
         let batch = match prefetched {
             Some(batch) => batch,
-            None => self.claimer.claim(self.leases.owned(), &[]).await?,
+            None => {
+                // A fresh claim cannot drop rows behind an unwritten failure
+                // (a claim ahead can, see `deliver`): write that one first.
+                if self
+                    .unrecorded
+                    .as_ref()
+                    .is_some_and(|u| !u.unfinished().is_empty())
+                {
+                    self.flush_unrecorded().await;
+                }
+                let unrecorded = self.unrecorded_seqs(&[]);
+                self.claimer.claim(self.leases.owned(), &unrecorded).await?
+            }
         };
         if batch.rows.is_empty() {
+            self.flush_unrecorded().await;
             return Ok(BatchResult {
                 claimed: 0,
                 broker_unreachable: false,
@@ -375,12 +409,14 @@ impl Worker {
             first_seq = batch.rows.first().map(|r| r.seq),
             last_seq = batch.rows.last().map(|r| r.seq),
         );
-        let started = batch.started;
-        let result = self.deliver(batch).instrument(span).await;
-        if let (Some(metrics), Ok(_)) = (&self.metrics, &result) {
-            metrics.batch_processed(started.elapsed().as_secs_f64());
-        }
-        result
+        self.deliver(batch).instrument(span).await
+    }
+
+    /// `rows` and the rows of the batch whose outcome is not written yet:
+    /// both are still `pending`, and no claim may return them.
+    fn unrecorded_seqs(&self, rows: &[ClaimedRow]) -> Vec<i64> {
+        let unrecorded = self.unrecorded.iter().flat_map(|u| u.seqs());
+        rows.iter().map(|r| r.seq).chain(unrecorded).collect()
     }
 
     /// Claims the batch after `rows` in a task of its own, while `rows` are
@@ -389,16 +425,17 @@ impl Worker {
     fn claim_ahead(&self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
-        let in_flight: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let in_flight = self.unrecorded_seqs(rows);
         tokio::spawn(async move {
             let batch = claimer.claim(&shards, &in_flight).await?;
             Ok(Prefetched::new(batch, shards))
         })
     }
 
-    /// Produces the batch, claiming the next one meanwhile when this one is
-    /// full; records the outcome, then keeps the batch claimed ahead for the
-    /// next round (see `prefetch`).
+    /// Produces the batch while writing the outcome of the previous one and,
+    /// when this one is full, claiming the next; keeps this batch's outcome
+    /// to write during the next round (see `unrecorded`) and the batch
+    /// claimed ahead (see `prefetch`).
     async fn deliver(&mut self, batch: Claimed) -> Result<BatchResult, sqlx::Error> {
         let Claimed {
             rows,
@@ -406,67 +443,54 @@ impl Worker {
             took: claim_took,
         } = batch;
         let claimed = rows.len();
-        let produce_started = Instant::now();
         // A full batch means a backlog: claim the next one meanwhile. A
         // partial batch took everything there was; what commits meanwhile is
         // better claimed fresh after this batch, in one round, than split
         // across a claim-ahead and the round after it.
         let claiming =
             (claimed >= self.claimer.limit() && !self.stopping()).then(|| self.claim_ahead(&rows));
-        let outcomes = produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
-        let produce_took = produce_started.elapsed();
-        // Acknowledgements are awaited together: the batch's end bounds each.
-        let since_claim = claimed_at.elapsed().as_secs_f64();
-        let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
-        let mut delivered = Vec::with_capacity(claimed);
-        let mut delivered_rows = Vec::with_capacity(claimed);
-        let mut failed = Vec::new();
-        let mut failed_rows = Vec::new();
-        // Aggregates with a row that did not get through: their rows in the
-        // batch claimed ahead must wait.
-        let mut unfinished = HashSet::new();
-        let (mut retried, mut dead, mut uncounted) = (0u64, 0u64, 0usize);
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            match outcome {
-                RowOutcome::Delivered => {
-                    delivered.push(row.seq);
-                    delivered_rows.push(row);
-                }
-                RowOutcome::Held => {
-                    unfinished.insert(row.aggregate());
-                }
-                RowOutcome::Failed(failure) => {
-                    unfinished.insert(row.aggregate());
-                    // Unreachable-broker errors next to successes concern
-                    // this message (e.g. a missing topic): count them.
-                    let failure = match failure {
-                        Failure::Uncounted(e) if any_delivered => Failure::Counted(e),
-                        other => other,
-                    };
-                    let f = self.failed_row(row, failure);
-                    if f.increment == 0 {
-                        uncounted += 1;
-                    } else if f.dead {
-                        dead += 1;
-                    } else {
-                        retried += 1;
-                    }
-                    failed_rows.push((row, f.increment, f.dead));
-                    failed.push(f);
+        let previous = self.unrecorded.take();
+        // The claim ahead started before the previous outcome is written, so
+        // it may hold rows behind the previous batch's failures too.
+        let mut held_back = previous
+            .as_ref()
+            .map(|p| p.unfinished().clone())
+            .unwrap_or_default();
+        let produce_started = Instant::now();
+        let ((outcomes, produce_took), previous_recorded) = tokio::join!(
+            async {
+                let outcomes =
+                    produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
+                (outcomes, produce_started.elapsed())
+            },
+            async {
+                match previous {
+                    Some(previous) => self.record(previous).await.map(Some),
+                    None => Ok(None),
                 }
             }
-        }
-        let keep = matches!(self.config.retention, Retention::Keep(_));
-        let broker_unreachable = !any_delivered && uncounted > 0;
-        let record_started = Instant::now();
-        let recorded = self.record(&delivered, keep, &failed).await;
-        let record_took = record_started.elapsed();
+        );
+        let current = Unrecorded::new(
+            rows,
+            outcomes,
+            claimed_at,
+            tracing::Span::current(),
+            |row, failure| self.failed_row(row, failure),
+        );
+        let broker_unreachable = current.broker_unreachable();
+        let delivered = current.delivered();
+        let (retried, dead, uncounted) = current.failure_counts();
+        held_back.extend(current.unfinished());
+        self.unrecorded = Some(current);
         // Awaited even when it is not used, so no claim outlives its batch.
         let next = match claiming {
             Some(claiming) => claiming.await.ok(),
             None => None,
         };
-        recorded?;
+        if broker_unreachable || self.stopping() {
+            self.flush_unrecorded().await;
+        }
+        let previous_record_ms = previous_recorded?.map(|took| took.as_secs_f64() * 1e3);
         let next_claim_ms = match &next {
             Some(Ok(prefetched)) => Some(prefetched.claim_took().as_secs_f64() * 1e3),
             _ => None,
@@ -474,7 +498,7 @@ impl Worker {
         match next {
             _ if broker_unreachable => {}
             Some(Ok(mut prefetched)) => {
-                prefetched.hold_back(&unfinished);
+                prefetched.hold_back(&held_back);
                 self.prefetched = Some(prefetched);
             }
             Some(Err(error)) => {
@@ -483,45 +507,17 @@ impl Worker {
             }
             None => {}
         }
-        self.counters.batch(delivered.len() as u64, retried, dead);
-        for row in &delivered_rows {
-            tracing::trace!(
-                event_id = %row.id,
-                event_type = %row.event_type,
-                topic = %row.topic,
-                aggregate_type = %row.aggregate_type,
-                aggregate_id = %row.aggregate_id,
-                correlation_id = row.correlation_id.as_deref().unwrap_or(""),
-                "outbox event delivered"
-            );
-        }
-        if let Some(metrics) = &self.metrics {
-            for row in &delivered_rows {
-                metrics.event_published(
-                    &row.topic,
-                    &row.event_type,
-                    row.age_at_claim + since_claim,
-                );
-            }
-            for (row, increment, dead) in &failed_rows {
-                if *dead {
-                    metrics.event_failed(&row.topic, &row.event_type);
-                } else if *increment > 0 {
-                    metrics.relay_error(ErrorKind::Delivery);
-                }
-            }
-        }
         tracing::debug!(
             claimed,
-            delivered = delivered.len(),
+            delivered,
             retried,
             dead,
             uncounted,
             claim_ms = claim_took.as_secs_f64() * 1e3,
             produce_ms = produce_took.as_secs_f64() * 1e3,
             next_claim_ms,
-            record_ms = record_took.as_secs_f64() * 1e3,
-            "outbox batch done"
+            previous_record_ms,
+            "outbox batch produced"
         );
         Ok(BatchResult {
             claimed,
@@ -529,32 +525,45 @@ impl Worker {
         })
     }
 
-    /// Marks the batch; retried while the leases still cover the rows, since
-    /// the broker already has the messages.
-    async fn record(
-        &mut self,
-        delivered: &[i64],
-        keep: bool,
-        failed: &[FailedRow],
-    ) -> Result<(), sqlx::Error> {
+    /// Writes the outcome of the batch produced last, if it is not written
+    /// yet. A write that fails for good leaves its rows `pending`: they are
+    /// delivered again (duplicates, never loss); `record` logged why.
+    async fn flush_unrecorded(&mut self) {
+        if let Some(batch) = self.unrecorded.take() {
+            if self.record(batch).await.is_err() {
+                self.counters.error();
+                self.metric_error(ErrorKind::Database);
+            }
+        }
+    }
+
+    /// Writes a produced batch's outcome; retried while the leases still
+    /// cover the rows, since the broker already has the messages. Returns
+    /// how long the write took.
+    async fn record(&self, batch: Unrecorded) -> Result<Duration, sqlx::Error> {
+        let span = batch.span().clone();
+        self.record_in_span(batch).instrument(span).await
+    }
+
+    async fn record_in_span(&self, batch: Unrecorded) -> Result<Duration, sqlx::Error> {
+        let started = Instant::now();
+        let delivered = batch.delivered_seqs();
+        let keep = matches!(self.config.retention, Retention::Keep(_));
+        let mut backoff = record_backoff();
         let mut attempt = 0u32;
         loop {
             match self
                 .outcome_sql
-                .record(&self.pool, delivered, keep, failed)
+                .record(&self.pool, &delivered, keep, batch.failed())
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => break,
                 Err(error) if attempt < 20 && self.leases.usable() => {
                     attempt += 1;
                     self.counters.error();
                     self.metric_error(ErrorKind::Database);
                     tracing::warn!(%error, attempt, "outbox relay could not mark a delivered batch; retrying");
-                    let delay = self
-                        .backoff
-                        .next()
-                        .unwrap_or(Duration::from_secs(1))
-                        .min(Duration::from_secs(2));
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(2));
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => {
@@ -563,6 +572,15 @@ impl Worker {
                 }
             }
         }
+        batch.report(&self.counters, self.metrics.as_ref());
+        let took = started.elapsed();
+        tracing::debug!(
+            claimed = batch.claimed(),
+            delivered = delivered.len(),
+            record_ms = took.as_secs_f64() * 1e3,
+            "outbox batch recorded"
+        );
+        Ok(took)
     }
 
     fn failed_row(&self, row: &ClaimedRow, failure: Failure) -> FailedRow {
@@ -583,11 +601,11 @@ impl Worker {
         if dead {
             tracing::error!(
                 event_id = %row.id,
-                event_type = %row.event_type,
-                aggregate_type = %row.aggregate_type,
-                aggregate_id = %row.aggregate_id,
-                topic = %row.topic,
-                correlation_id = row.correlation_id.as_deref().unwrap_or(""),
+                event_type = %row.event_type(),
+                aggregate_type = %row.aggregate_type(),
+                aggregate_id = %row.aggregate_id(),
+                topic = %row.topic(),
+                correlation_id = row.correlation_id().unwrap_or(""),
                 attempts,
                 %error,
                 "outbox event is dead: it will not be retried automatically (see `outbox failed list`)"
@@ -595,10 +613,10 @@ impl Worker {
         } else if increment > 0 {
             tracing::warn!(
                 event_id = %row.id,
-                event_type = %row.event_type,
-                aggregate_type = %row.aggregate_type,
-                aggregate_id = %row.aggregate_id,
-                topic = %row.topic,
+                event_type = %row.event_type(),
+                aggregate_type = %row.aggregate_type(),
+                aggregate_id = %row.aggregate_id(),
+                topic = %row.topic(),
                 attempts,
                 retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 %error,
