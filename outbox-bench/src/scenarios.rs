@@ -1,8 +1,8 @@
 //! The seven scenarios of issue 6, each with its same-run baseline.
 
 use crate::setup::{
-    load_backlog, topic, wait_drained, wait_first_delivery, BenchDb, BoxError, Env, RelayProcess,
-    TOPIC,
+    checkpoint, load_backlog, topic, wait_drained, wait_first_delivery, BenchDb, BoxError, Env,
+    RelayProcess, WalCounters, TOPIC,
 };
 use crate::stats::{median, ms, percentile, Bound, Report};
 use futures::future::join_all;
@@ -751,6 +751,7 @@ async fn drain_with_processes(
     };
     let procs = if relays == 1 {
         load_backlog(&db.pool, backlog, 10_000).await?;
+        checkpoint(&db.pool).await;
         start()?
     } else {
         // Let the instances split the shards first, then commit the backlog
@@ -771,10 +772,12 @@ async fn drain_with_processes(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         load_backlog(&db.pool, backlog, 10_000).await?;
+        checkpoint(&db.pool).await;
         procs
     };
     // Start-up (process, leases, metadata) is not measured.
     let started = wait_first_delivery(&db.pool, Duration::from_secs(60)).await?;
+    let wal_before = WalCounters::read(&db.pool).await;
     let mut peak = None;
     let mut sampler = tokio::time::interval(Duration::from_millis(200));
     let took = loop {
@@ -792,6 +795,18 @@ async fn drain_with_processes(
         .max(peak);
     for p in procs {
         p.stop();
+    }
+    // A backend reports its WAL statistics at exit (or once a second): read
+    // them after the relays' connections are gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let (Some(before), Some(after)) = (wal_before, WalCounters::read(&db.pool).await) {
+        let wal = before.until(after);
+        println!(
+            "# {label} drain: {} full-page images, {:.0} MiB of WAL, {} checkpoints (server-wide)",
+            wal.full_page_images,
+            wal.bytes / (1024.0 * 1024.0),
+            wal.checkpoints
+        );
     }
     db.drop_db().await?;
     Ok((

@@ -143,6 +143,51 @@ pub async fn load_backlog(pool: &PgPool, n: i64, aggregates: i64) -> Result<(), 
     Ok(())
 }
 
+/// Ends the checkpoint the load's own WAL started, so a drain measured next
+/// starts from a clean checkpoint instead of inheriting one part-way (which
+/// hit the 1,000,000-row drain and not the 10,000-row one). Needs superuser
+/// or `pg_checkpoint`; without them the drain runs as it is, with a note.
+pub async fn checkpoint(pool: &PgPool) {
+    if let Err(error) = sqlx::query("CHECKPOINT").execute(pool).await {
+        println!("# could not CHECKPOINT before the drain ({error}); it may inherit the load's checkpoint");
+    }
+}
+
+/// Server-wide WAL counters: (full-page images, bytes, checkpoints).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalCounters {
+    pub full_page_images: i64,
+    pub bytes: f64,
+    pub checkpoints: i64,
+}
+
+impl WalCounters {
+    /// Now; `None` if the statistics views cannot be read.
+    pub async fn read(pool: &PgPool) -> Option<Self> {
+        let (full_page_images, bytes, checkpoints): (i64, f64, i64) = sqlx::query_as(
+            "SELECT w.wal_fpi, w.wal_bytes::float8, (b.checkpoints_timed + b.checkpoints_req)
+             FROM pg_stat_wal w, pg_stat_bgwriter b",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        Some(Self {
+            full_page_images,
+            bytes,
+            checkpoints,
+        })
+    }
+
+    /// What happened between `self` and `later`.
+    pub fn until(self, later: Self) -> Self {
+        Self {
+            full_page_images: later.full_page_images - self.full_page_images,
+            bytes: later.bytes - self.bytes,
+            checkpoints: later.checkpoints - self.checkpoints,
+        }
+    }
+}
+
 /// Waits until the relay delivered its first batch (the oldest row is gone),
 /// so start-up (process, leases, broker metadata) is not measured; returns
 /// that instant.
