@@ -159,3 +159,59 @@ async fn graceful_shutdown_mid_backlog_then_restart_delivers_exactly_once() {
     collector.stop();
     db.drop_db().await;
 }
+
+/// A relay idle on an empty table runs its claim many times against it.
+/// PostgreSQL then plans a prepared statement once for all parameter values
+/// (a generic plan), and on an empty table that plan scans the whole table,
+/// and scans it again for every row it checks: a backlog committed later
+/// would take hours to drain (a first claim over 5,000 rows took 2.2 s, over
+/// 100,000 rows more than ten minutes). The relay plans its statements on the
+/// outbox table at each execution, so a sudden backlog drains at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_idle_on_an_empty_table_drains_a_sudden_backlog() {
+    const BACKLOG: usize = 40_000;
+    support::init_tracing();
+    let db = support::TestDatabase::create("sudden").await;
+    outbox::migrate(&db.pool).await.unwrap();
+    // What autovacuum leaves on an idle outbox: statistics of an empty table.
+    sqlx::query("VACUUM ANALYZE event_outbox")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let prefix = support::unique("sudden");
+    let topics = fixtures::prefixed_topics(&prefix);
+    let bootstrap = support::bootstrap_servers();
+    support::create_topics(&bootstrap, &topics, 4).await;
+    let collector = support::Collector::start(&bootstrap, &topics);
+    let mut config = fixtures::relay_config(&prefix);
+    config.poll_interval = Duration::from_millis(20);
+    let handle = Relay::new(db.pool.clone(), fixtures::kafka(&bootstrap), config)
+        .await
+        .unwrap()
+        .spawn();
+    // Dozens of empty claims: well past the five after which PostgreSQL
+    // considers a generic plan.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let outbox = Outbox::new(db.pool.clone(), "load");
+    let events: Vec<EssayScoredV1> = (0..BACKLOG)
+        .map(|i| EssayScoredV1 {
+            essay_id: format!("essay-{}", i % 400),
+            seq: (i / 400) as i64,
+            body: "x".repeat(200),
+        })
+        .collect();
+    let mut tx = outbox.transactional_publish().await.unwrap();
+    tx.publish_all(&events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    collector.wait_for(BACKLOG, Duration::from_secs(120)).await;
+    let all = collector.settle(Duration::from_secs(2)).await;
+    let t = fixtures::report("sudden_backlog_after_idle", BACKLOG, &all);
+    assert_eq!(t.received, BACKLOG);
+    assert_eq!(t.duplicates, 0);
+    assert_eq!(t.order_violations, 0);
+    handle.shutdown().await.unwrap();
+    collector.stop();
+    db.drop_db().await;
+}

@@ -252,7 +252,19 @@ impl Claimer {
         in_flight: &[i64],
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
+        // Planned at each execution (an unnamed statement), never prepared
+        // once per connection. PostgreSQL plans a prepared statement's first
+        // five executions for their values, then may keep one generic plan
+        // for all values. A relay idle on an empty outbox runs this claim
+        // many times against the empty table, and the generic plan chosen
+        // there scans the whole table, and again for every row it checks: a
+        // backlog committed after that (a bulk import, a broker outage) took
+        // minutes per claim until an ANALYZE replaced the plan (over ten
+        // minutes for one claim of 100,000 rows; see `tests/relay_backlog.rs`,
+        // `a_relay_idle_on_an_empty_table_drains_a_sudden_backlog`). Planning
+        // costs a fraction of a millisecond per batch.
         let rows = sqlx::query(&self.sql)
+            .persistent(false)
             .bind(shard_mask(shards))
             .bind(self.dead_blocks)
             .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))

@@ -43,6 +43,8 @@ pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Durati
         .min(max + max / 2)
 }
 
+/// Marking statements. Like the claim, they are planned at each execution,
+/// never as a cached generic plan (see `Claimer::claim`).
 pub(crate) struct OutcomeSql {
     delete: String,
     mark_published: String,
@@ -106,7 +108,11 @@ impl OutcomeSql {
         } else {
             &self.delete
         };
-        sqlx::query(sql).bind(delivered).execute(executor).await?;
+        sqlx::query(sql)
+            .persistent(false)
+            .bind(delivered)
+            .execute(executor)
+            .await?;
         Ok(())
     }
 
@@ -116,6 +122,7 @@ impl OutcomeSql {
         failed: &[FailedRow],
     ) -> Result<(), sqlx::Error> {
         sqlx::query(&self.fail)
+            .persistent(false)
             .bind(failed.iter().map(|f| f.seq).collect::<Vec<_>>())
             .bind(failed.iter().map(|f| f.increment).collect::<Vec<_>>())
             .bind(failed.iter().map(|f| f.error.clone()).collect::<Vec<_>>())

@@ -358,6 +358,7 @@ impl Worker {
         }
         self.next_retention = Instant::now() + RETENTION_SWEEP_EVERY;
         match sqlx::query(&self.retention_sql)
+            .persistent(false)
             .bind(keep.as_secs_f64())
             .bind(RETENTION_SWEEP_ROWS)
             .execute(&self.pool)
