@@ -68,26 +68,25 @@ struct BatchResult {
     broker_unreachable: bool,
 }
 
-/// Retries of writing a batch's outcome: quick, since the broker already
-/// has the messages and every retry shortens the window for duplicates.
-fn record_backoff() -> ExponentialBackoff {
+/// Doubling delays from `min` to `max`, with jitter, without end.
+fn doubling(min: Duration, max: Duration) -> ExponentialBackoff {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
+        .with_min_delay(min)
+        .with_max_delay(max)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
         .build()
 }
 
+/// Retries of writing a batch's outcome: quick, since the broker already
+/// has the messages and every retry shortens the window for duplicates.
+fn record_backoff() -> ExponentialBackoff {
+    doubling(Duration::from_millis(50), Duration::from_secs(2))
+}
+
 fn infra_backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    doubling(Duration::from_millis(200), Duration::from_secs(30))
 }
 
 impl Worker {
