@@ -90,6 +90,7 @@ fn headers_for(row: &ClaimedRow) -> OwnedHeaders {
 /// than built and checked per row.
 struct Topics<'a> {
     prefix: &'a str,
+    /// The last row topic seen, and its full name or why it is invalid.
     last: Option<(String, Result<String, String>)>,
 }
 
@@ -100,18 +101,15 @@ impl<'a> Topics<'a> {
 
     /// The full topic name, or why the row's topic is invalid.
     fn of(&mut self, topic: &str) -> Result<&str, &str> {
-        let stale = !matches!(&self.last, Some((name, _)) if name == topic);
-        if stale {
-            let checked = validate_topic_name(topic)
-                .map(|()| format!("{}{topic}", self.prefix))
-                .map_err(|reason| reason.to_string());
-            self.last = Some((topic.to_owned(), checked));
+        if !matches!(&self.last, Some((name, _)) if name == topic) {
+            self.last = None;
         }
-        match &self.last {
-            Some((_, Ok(full))) => Ok(full),
-            Some((_, Err(reason))) => Err(reason),
-            None => Err("no topic"),
-        }
+        let prefix = self.prefix;
+        let (_, checked) = self.last.get_or_insert_with(|| {
+            let checked = validate_topic_name(topic).map(|()| format!("{prefix}{topic}"));
+            (topic.to_owned(), checked)
+        });
+        checked.as_deref().map_err(String::as_str)
     }
 }
 
@@ -219,6 +217,15 @@ async fn enqueue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topics_are_prefixed_and_checked_again_when_they_change() {
+        let mut topics = Topics::new("p.");
+        assert_eq!(topics.of("essays.v1"), Ok("p.essays.v1"));
+        assert_eq!(topics.of("essays.v1"), Ok("p.essays.v1"));
+        assert!(topics.of("bad topic").is_err());
+        assert_eq!(topics.of("files.v1"), Ok("p.files.v1"));
+    }
 
     #[test]
     fn timeouts_are_infrastructure_and_size_is_the_message() {
