@@ -6,6 +6,7 @@ use crate::setup::{
 };
 use crate::stats::{median, ms, percentile, Bound, Report};
 use futures::future::join_all;
+use outbox::relay::database_only::DatabaseOnlyDrain;
 use outbox::{Outbox, OutboxEvent, Relay, RelayConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -224,70 +225,18 @@ async fn raw_produce(env: &Env, rows: &[RawMessage], label: &str) -> Result<Dura
     Ok(started.elapsed())
 }
 
-/// The columns of the relay's claim.
-type ClaimedColumns = (
-    i64,
-    uuid::Uuid,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i32,
-    sqlx::postgres::types::PgInterval,
-);
-
-/// Claims and deletes `n` backlog rows in batches of [`RELAY_BATCH`],
-/// without producing anything; returns rows per second. The SELECT is a copy
-/// of `claim_sql` in `outbox-runtime/src/relay/claim.rs` (default dead-event
-/// policy, all shards, nothing in flight), kept here rather than made public
-/// API: change both together, or this baseline stops measuring the relay's
-/// claim.
+/// Claims and deletes `n` backlog rows in batches of [`RELAY_BATCH`] with
+/// the relay's own claim and marking statements, without producing
+/// anything; returns rows per second.
 async fn postgres_only_drain(env: &Env, n: i64, report: &mut Report) -> Result<f64, BoxError> {
     let db = BenchDb::create(env, "pgonly").await?;
     load_backlog(&db.pool, n, 1_000).await?;
-    let all_shards: i64 = -1;
+    let drain = DatabaseOnlyDrain::new(db.pool.clone(), RELAY_BATCH);
     let started = Instant::now();
     let (mut claiming, mut deleting) = (Duration::ZERO, Duration::ZERO);
-    loop {
-        let phase = Instant::now();
-        let rows: Vec<ClaimedColumns> = sqlx::query_as(
-            "SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
-                    o.event_data::text AS payload,
-                    o.headers->>'correlation_id', o.headers->>'traceparent', o.headers->>'tracestate',
-                    o.retry_count,
-                    now() - o.created_at AS age_at_claim
-             FROM event_outbox o
-             WHERE o.state = 'pending' AND ((1::int8 << o.shard) & $1) <> 0
-               AND o.next_attempt_at <= now()
-               AND o.seq NOT IN (SELECT unnest($3::int8[]))
-               AND NOT EXISTS (
-                   SELECT 1 FROM event_outbox b
-                   WHERE b.aggregate_type = o.aggregate_type AND b.aggregate_id = o.aggregate_id
-                     AND b.seq < o.seq
-                     AND ((b.state = 'pending' AND b.retry_count > 0) OR b.state = 'dead'))
-             ORDER BY o.seq LIMIT $2",
-        )
-        .bind(all_shards)
-        .bind(RELAY_BATCH as i64)
-        .bind(Vec::<i64>::new())
-        .fetch_all(&db.pool)
-        .await?;
-        claiming += phase.elapsed();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        if seqs.is_empty() {
-            break;
-        }
-        let phase = Instant::now();
-        sqlx::query("DELETE FROM event_outbox WHERE seq = ANY($1)")
-            .bind(&seqs)
-            .execute(&db.pool)
-            .await?;
-        deleting += phase.elapsed();
+    while let Some(batch) = drain.next_batch().await? {
+        claiming += batch.claim;
+        deleting += batch.delete;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let batches = (n as f64 / RELAY_BATCH as f64).max(1.0);

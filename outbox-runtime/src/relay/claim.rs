@@ -1,10 +1,12 @@
 //! Claiming the next batch of deliverable rows.
 
+use super::copy_binary::{CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
 use crate::identifier::Names;
-use sqlx::postgres::types::PgInterval;
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use futures::StreamExt;
+use sqlx::postgres::PgPoolCopyExt;
+use sqlx::PgPool;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -31,7 +33,7 @@ pub(crate) struct ClaimedRow {
     spans: [Option<(u32, u32)>; TEXT_COLUMNS],
 }
 
-/// The text columns of a claimed row, in `claim_sql`'s order.
+/// The text columns of a claimed row, in `claim_statement`'s order.
 #[derive(Clone, Copy)]
 enum Text {
     AggregateType,
@@ -127,26 +129,63 @@ impl ClaimedRow {
     }
 }
 
+/// Fields per claimed row, in `claim_statement`'s order.
+const CLAIM_FIELDS: usize = 13;
+
 /// The claim statement: pending, due rows of owned shards in commit order,
 /// skipping every row that has an earlier row of its aggregate being retried
 /// (or dead, when dead events block their aggregate). A retried row is thus
 /// always the head of its aggregate, and nothing after it is produced until
 /// it is delivered.
 ///
-/// `$1` is the set of owned shards as a bit mask (bit `n` for shard `n`):
-/// one integer operation per row, where `shard = ANY(array)` compared each
-/// row against up to 64 elements.
+/// It runs as `COPY (SELECT …) TO STDOUT (FORMAT binary)`: the rows arrive
+/// in binary COPY format, read by `copy_binary` at a fraction of the CPU
+/// sqlx spends decoding a result set row by row. COPY takes no bind
+/// parameters, so the values are written into the statement; every one is
+/// a number or a boolean formatted here, never text from elsewhere (the
+/// table name is a validated identifier, see `Names`).
 ///
-/// `$4` lists the rows of the batch still in flight (empty when there is
-/// none): the relay claims the next batch while the broker acknowledges the
-/// current one, and those rows are still `pending`. The exclusion is a hashed
-/// lookup, so the index scan stays in `seq` order and nothing else is
-/// skipped (no high-water mark: a row committed late with a lower `seq` is
-/// still found).
-fn claim_sql(names: &Names) -> String {
-    let outbox = &names.outbox;
+/// The owned shards are a bit mask (bit `n` for shard `n`): one integer
+/// operation per row, where `shard = ANY(array)` compared each row against
+/// up to 64 elements.
+///
+/// `in_flight` lists the rows of the batches still in flight or not yet
+/// marked (empty when there is none): they are still `pending`. The
+/// exclusion is a hashed lookup, so the index scan stays in `seq` order and
+/// nothing else is skipped (no high-water mark: a row committed late with a
+/// lower `seq` is still found).
+///
+/// Being a new statement each time, it is planned at each execution, never
+/// kept as a prepared statement. PostgreSQL plans a prepared statement's
+/// first five executions for their values, then may keep one generic plan
+/// for all values. A relay idle on an empty outbox runs its claim many
+/// times against the empty table, and the generic plan chosen there scans
+/// the whole table, and again for every row it checks: a backlog committed
+/// after that (a bulk import, a broker outage) took minutes per claim until
+/// an ANALYZE replaced the plan (over ten minutes for one claim of 100,000
+/// rows; see `tests/relay_backlog.rs`,
+/// `a_relay_idle_on_an_empty_table_drains_a_sudden_backlog`). Planning costs
+/// a fraction of a millisecond per batch.
+fn claim_statement(
+    outbox: &str,
+    shard_mask: i64,
+    dead_blocks: bool,
+    limit: usize,
+    in_flight: &[i64],
+) -> String {
+    let mut excluded = String::with_capacity(in_flight.len() * 8 + 2);
+    excluded.push('{');
+    for (i, seq) in in_flight.iter().enumerate() {
+        if i > 0 {
+            excluded.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(excluded, "{seq}");
+    }
+    excluded.push('}');
     format!(
-        "SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
+        "COPY (
+         SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
                 o.event_data::text AS payload,
                 o.headers->>'correlation_id' AS correlation_id,
                 o.headers->>'traceparent' AS traceparent,
@@ -155,50 +194,52 @@ fn claim_sql(names: &Names) -> String {
                 now() - o.created_at AS age_at_claim
          FROM {outbox} o
          WHERE o.state = 'pending'
-           AND ((1::int8 << o.shard) & $1) <> 0
+           AND ((1::int8 << o.shard) & ({shard_mask})::int8) <> 0
            AND o.next_attempt_at <= now()
-           AND o.seq NOT IN (SELECT unnest($4::int8[]))
+           AND o.seq NOT IN (SELECT unnest('{excluded}'::int8[]))
            AND NOT EXISTS (
                SELECT 1 FROM {outbox} b
                WHERE b.aggregate_type = o.aggregate_type
                  AND b.aggregate_id = o.aggregate_id
                  AND b.seq < o.seq
-                 AND ((b.state = 'pending' AND b.retry_count > 0) OR (b.state = 'dead' AND $2)))
+                 AND ((b.state = 'pending' AND b.retry_count > 0) OR (b.state = 'dead' AND {dead_blocks})))
          ORDER BY o.seq
-         LIMIT $3"
+         LIMIT {limit}
+         ) TO STDOUT (FORMAT binary)"
     )
 }
 
-/// Reads one claimed row; columns by position, in `claim_sql`'s order. Text
-/// is borrowed from the row and copied once, into the row's buffer.
-fn decode(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
+/// Reads one claimed row, fields in `claim_statement`'s order. Text is
+/// borrowed from the COPY data and copied once, into the row's buffer.
+fn decode(tuple: &Tuple<'_, CLAIM_FIELDS>) -> Result<ClaimedRow, CopyFormatError> {
     let texts: TextColumns<'_> = [
-        Some(row.try_get(2)?),
-        Some(row.try_get(3)?),
-        Some(row.try_get(4)?),
-        Some(row.try_get(5)?),
-        Some(row.try_get(6)?),
-        Some(row.try_get(7)?),
-        row.try_get(8)?,
-        row.try_get(9)?,
-        row.try_get(10)?,
+        Some(tuple.required_text(2)?),
+        Some(tuple.required_text(3)?),
+        Some(tuple.required_text(4)?),
+        Some(tuple.required_text(5)?),
+        Some(tuple.required_text(6)?),
+        Some(tuple.required_text(7)?),
+        tuple.text(8)?,
+        tuple.text(9)?,
+        tuple.text(10)?,
     ];
     Ok(ClaimedRow::new(
-        row.try_get(0)?,
-        row.try_get(1)?,
+        tuple.int8(0)?,
+        tuple.uuid(1)?,
         texts,
-        row.try_get(11)?,
-        seconds(&row.try_get(12)?),
+        tuple.int4(11)?,
+        tuple.interval_seconds(12)?,
     ))
 }
 
-/// An age as seconds (`now() - created_at` has no months; a day is 86,400 s
-/// here, as `EXTRACT(EPOCH …)` counts it). Read as an interval because
-/// `EXTRACT` goes through `numeric`, a measurable share of the claim.
-fn seconds(interval: &PgInterval) -> f64 {
-    f64::from(interval.months) * 30.0 * 86_400.0
-        + f64::from(interval.days) * 86_400.0
-        + interval.microseconds as f64 / 1e6
+/// Reads a whole claim's binary COPY output.
+fn decode_all(data: &[u8]) -> Result<Vec<ClaimedRow>, CopyFormatError> {
+    let mut reader = CopyReader::new(data)?;
+    let mut rows = Vec::new();
+    while let Some(tuple) = reader.next_tuple::<CLAIM_FIELDS>()? {
+        rows.push(decode(&tuple)?);
+    }
+    Ok(rows)
 }
 
 /// Shards `0..64` as the bits of an `i64` (shard 63 is the sign bit).
@@ -222,7 +263,7 @@ pub(crate) struct Claimed {
 #[derive(Debug, Clone)]
 pub(crate) struct Claimer {
     pool: PgPool,
-    sql: Arc<str>,
+    outbox: Arc<str>,
     dead_blocks: bool,
     limit: usize,
 }
@@ -233,7 +274,7 @@ impl Claimer {
     pub(crate) fn new(pool: PgPool, names: &Names, dead_blocks: bool, limit: usize) -> Self {
         Self {
             pool,
-            sql: claim_sql(names).into(),
+            outbox: names.outbox.as_str().into(),
             dead_blocks,
             limit,
         }
@@ -252,26 +293,19 @@ impl Claimer {
         in_flight: &[i64],
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
-        // Planned at each execution (an unnamed statement), never prepared
-        // once per connection. PostgreSQL plans a prepared statement's first
-        // five executions for their values, then may keep one generic plan
-        // for all values. A relay idle on an empty outbox runs this claim
-        // many times against the empty table, and the generic plan chosen
-        // there scans the whole table, and again for every row it checks: a
-        // backlog committed after that (a bulk import, a broker outage) took
-        // minutes per claim until an ANALYZE replaced the plan (over ten
-        // minutes for one claim of 100,000 rows; see `tests/relay_backlog.rs`,
-        // `a_relay_idle_on_an_empty_table_drains_a_sudden_backlog`). Planning
-        // costs a fraction of a millisecond per batch.
-        let rows = sqlx::query(&self.sql)
-            .persistent(false)
-            .bind(shard_mask(shards))
-            .bind(self.dead_blocks)
-            .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))
-            .bind(in_flight)
-            .fetch_all(&self.pool)
-            .await?;
-        let rows = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        let statement = claim_statement(
+            &self.outbox,
+            shard_mask(shards),
+            self.dead_blocks,
+            self.limit,
+            in_flight,
+        );
+        let mut chunks = self.pool.copy_out_raw(&statement).await?;
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        let rows = decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         Ok(Claimed {
             rows,
             started,
@@ -329,21 +363,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_claim_statement_writes_only_numbers_into_the_copy() {
+        let sql = claim_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5]);
+        assert!(sql.starts_with("COPY ("), "{sql}");
+        assert!(sql.ends_with(") TO STDOUT (FORMAT binary)"), "{sql}");
+        assert!(sql.contains("FROM \"s\".event_outbox o"), "{sql}");
+        assert!(sql.contains("& (-1)::int8"), "{sql}");
+        assert!(sql.contains("unnest('{3,-4,5}'::int8[])"), "{sql}");
+        assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
+        assert!(sql.contains("LIMIT 500"), "{sql}");
+        let none = claim_statement("event_outbox", 5, false, 1, &[]);
+        assert!(none.contains("unnest('{}'::int8[])"), "{none}");
+        assert!(none.contains("b.state = 'dead' AND false"), "{none}");
+    }
+
+    /// Binary COPY data of one claimed row with the given topic.
+    fn copied_row(topic: Option<&str>) -> Vec<u8> {
+        use crate::relay::copy_binary::tests::{encode, interval};
+        let text = |t: &str| Some(t.as_bytes().to_vec());
+        encode(&[vec![
+            Some(42i64.to_be_bytes().to_vec()),
+            Some(Uuid::from_u128(1).as_bytes().to_vec()),
+            text("essay"),
+            text("e-1"),
+            text("EssayScoredV1"),
+            topic.and_then(text),
+            text("e-1"),
+            text(PAYLOAD),
+            text("corr"),
+            None,
+            None,
+            Some(2i32.to_be_bytes().to_vec()),
+            Some(interval(250_000, 0, 0)),
+        ]])
+    }
+
+    const PAYLOAD: &str = r#"{"event_id": "x", "event_type": "E", "data": {}}"#;
+
+    #[test]
+    fn claimed_rows_decode_from_binary_copy() {
+        let rows = decode_all(&copied_row(Some("essays.v1"))).unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (row.seq, row.id, row.retry_count),
+            (42, Uuid::from_u128(1), 2)
+        );
+        assert_eq!(row.aggregate_type(), "essay");
+        assert_eq!(row.aggregate_id(), "e-1");
+        assert_eq!(row.event_type(), "EssayScoredV1");
+        assert_eq!(row.topic(), "essays.v1");
+        assert_eq!(row.key(), "e-1");
+        assert_eq!(row.payload(), PAYLOAD);
+        assert!(row.envelope_ok);
+        assert_eq!(row.correlation_id(), Some("corr"));
+        assert_eq!(row.traceparent(), None);
+        assert!((row.age_at_claim - 0.25).abs() < 1e-9);
+        assert_eq!(
+            decode_all(&copied_row(None)).err(),
+            Some(CopyFormatError::UnexpectedNull { field: 5 }),
+            "a NULL topic is an error naming its field"
+        );
+    }
+
+    #[test]
     fn shard_masks_set_one_bit_per_shard() {
         assert_eq!(shard_mask(&[]), 0);
         assert_eq!(shard_mask(&[0, 2]), 0b101);
         assert_eq!(shard_mask(&[63]), i64::MIN);
         let all: Vec<i16> = (0..64).collect();
         assert_eq!(shard_mask(&all), -1);
-    }
-
-    #[test]
-    fn interval_ages_are_seconds() {
-        let age = PgInterval {
-            months: 0,
-            days: 1,
-            microseconds: 1_500_000,
-        };
-        assert!((seconds(&age) - 86_401.5).abs() < 1e-9);
     }
 }

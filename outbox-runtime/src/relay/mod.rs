@@ -3,6 +3,9 @@
 
 mod claim;
 mod config;
+mod copy_binary;
+#[doc(hidden)]
+pub mod database_only;
 mod envelope_shape;
 mod lease;
 mod outcome;

@@ -44,7 +44,8 @@ pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Durati
 }
 
 /// Marking statements. Like the claim, they are planned at each execution,
-/// never as a cached generic plan (see `Claimer::claim`).
+/// never as a cached generic plan (see `claim_statement`).
+#[derive(Debug)]
 pub(crate) struct OutcomeSql {
     delete: String,
     mark_published: String,

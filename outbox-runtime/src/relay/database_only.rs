@@ -1,0 +1,74 @@
+//! The relay's database work without a broker: claim a batch with the
+//! relay's own claim, delete it with the relay's own marking statement.
+//! `outbox-bench` measures it as the Postgres-only baseline of
+//! `relay_vs_raw_produce`. Not a public API: it changes without notice.
+
+use super::claim::Claimer;
+use super::lease::SHARDS;
+use super::outcome::OutcomeSql;
+use crate::identifier::Names;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+
+/// One claimed and deleted batch.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainedBatch {
+    /// Rows claimed and deleted.
+    pub rows: usize,
+    /// Time spent claiming (statement and decoding).
+    pub claim: Duration,
+    /// Time spent deleting.
+    pub delete: Duration,
+}
+
+/// Drains `event_outbox` (default schema) in batches, as a relay holding
+/// every shard would, without producing anything.
+///
+/// ```no_run
+/// # async fn drain(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// use outbox_runtime::relay::database_only::DatabaseOnlyDrain;
+///
+/// let drain = DatabaseOnlyDrain::new(pool, 1_000);
+/// while let Some(batch) = drain.next_batch().await? {
+///     println!("{} rows: claim {:?}, delete {:?}", batch.rows, batch.claim, batch.delete);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DatabaseOnlyDrain {
+    pool: PgPool,
+    claimer: Claimer,
+    outcome: OutcomeSql,
+    shards: Vec<i16>,
+}
+
+impl DatabaseOnlyDrain {
+    /// A drain of batches of `batch_size` rows, dead events blocking their
+    /// aggregate (the default policy).
+    pub fn new(pool: PgPool, batch_size: usize) -> Self {
+        let names = Names::new(None);
+        Self {
+            claimer: Claimer::new(pool.clone(), &names, true, batch_size),
+            outcome: OutcomeSql::new(&names),
+            shards: (0..SHARDS).filter_map(|s| i16::try_from(s).ok()).collect(),
+            pool,
+        }
+    }
+
+    /// Claims and deletes the next batch; `None` once nothing is pending.
+    pub async fn next_batch(&self) -> Result<Option<DrainedBatch>, sqlx::Error> {
+        let claimed = self.claimer.claim(&self.shards, &[]).await?;
+        if claimed.rows.is_empty() {
+            return Ok(None);
+        }
+        let seqs: Vec<i64> = claimed.rows.iter().map(|row| row.seq).collect();
+        let started = Instant::now();
+        self.outcome.record(&self.pool, &seqs, false, &[]).await?;
+        Ok(Some(DrainedBatch {
+            rows: seqs.len(),
+            claim: claimed.took,
+            delete: started.elapsed(),
+        }))
+    }
+}
