@@ -123,6 +123,89 @@ async fn committed_event_arrives_with_topic_key_headers_and_envelope() {
     db.drop_db().await;
 }
 
+/// A relay configured with a schema claims (through its `COPY` claim,
+/// which names the schema-qualified table) and marks only that schema's
+/// rows; a row in the default schema's outbox is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_a_configured_schema_delivers_that_schema_only() {
+    let (db, prefix, collector) = setup("schema").await;
+    let schema = outbox::SchemaName::new("file_service").unwrap();
+    outbox::migrate_in_schema(&db.pool, &schema).await.unwrap();
+    let in_schema = Outbox::builder(db.pool.clone(), "file_service")
+        .schema(schema.clone())
+        .build();
+    let in_default = Outbox::new(db.pool.clone(), "file_service");
+    let event = |upload: &str, file: &str| BatchFileAddedV1 {
+        file_upload_id: upload.into(),
+        batch_id: upload.into(),
+        file_name: file.into(),
+    };
+    let mut tx = in_default.transactional_publish().await.unwrap();
+    tx.publish(&event("default-1", "stays.txt")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = in_schema.transactional_publish().await.unwrap();
+    tx.publish_all(&[
+        event("f-1", "a.txt"),
+        event("f-2", "b.txt"),
+        event("f-1", "c.txt"),
+    ])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let config = outbox::RelayConfig {
+        schema: Some(schema),
+        ..fixtures::relay_config(&prefix)
+    };
+    let relay = Relay::new(
+        db.pool.clone(),
+        fixtures::kafka(&support::bootstrap_servers()),
+        config,
+    )
+    .await
+    .expect("relay starts");
+    let handle = relay.spawn();
+    collector.wait_for(3, Duration::from_secs(30)).await;
+    let all = collector.settle(Duration::from_secs(2)).await;
+    let files: Vec<(&str, &str)> = all
+        .iter()
+        .map(|m| {
+            (
+                m.payload["aggregate_id"].as_str().unwrap_or_default(),
+                m.payload["data"]["file_name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all.len(),
+        3,
+        "the schema's three events, once each: {files:?}"
+    );
+    let f1: Vec<&str> = files
+        .iter()
+        .filter(|(aggregate, _)| *aggregate == "f-1")
+        .map(|(_, file)| *file)
+        .collect();
+    assert_eq!(f1, ["a.txt", "c.txt"], "in commit order per aggregate");
+    let stats = handle.shutdown().await.unwrap();
+    assert_eq!(stats.delivered, 3);
+    let left_in_schema: i64 = sqlx::query_scalar("SELECT count(*) FROM file_service.event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left_in_schema, 0, "delivered rows are deleted");
+    let default_state: String = sqlx::query_scalar("SELECT state FROM event_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        default_state, "pending",
+        "the default schema's row is untouched"
+    );
+    collector.stop();
+    db.drop_db().await;
+}
+
 #[derive(Debug)]
 enum BusinessError {
     Rejected,

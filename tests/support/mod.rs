@@ -165,6 +165,9 @@ pub struct Received {
     pub payload: serde_json::Value,
 }
 
+/// The longest [`Collector::settle`] waits for the stream to go quiet.
+pub const SETTLE_AT_MOST: Duration = Duration::from_secs(300);
+
 /// A background consumer collecting everything from some topics.
 pub struct Collector {
     received: Arc<Mutex<Vec<Received>>>,
@@ -255,11 +258,20 @@ impl Collector {
     }
 
     /// Waits until nothing new arrived for `quiet`, then returns everything.
+    /// Panics if messages keep arriving for [`SETTLE_AT_MOST`]: a relay that
+    /// delivers the same rows again and again must fail the test, not hang
+    /// it.
     pub async fn settle(&self, quiet: Duration) -> Vec<Received> {
+        let started = Instant::now();
         let mut last = self.count();
         let mut since = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                started.elapsed() < SETTLE_AT_MOST,
+                "messages kept arriving for {SETTLE_AT_MOST:?} ({last} so far): \
+                 something is delivered again and again"
+            );
             let now = self.count();
             if now != last {
                 last = now;
