@@ -4,8 +4,9 @@ use super::copy_binary::{CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
 use crate::identifier::Names;
 use futures::StreamExt;
-use sqlx::postgres::PgPoolCopyExt;
-use sqlx::PgPool;
+use sqlx::postgres::types::PgInterval;
+use sqlx::postgres::{PgPoolCopyExt, PgRow};
+use sqlx::{PgPool, Row};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ pub(crate) struct ClaimedRow {
     spans: [Option<(u32, u32)>; TEXT_COLUMNS],
 }
 
-/// The text columns of a claimed row, in `claim_statement`'s order.
+/// The text columns of a claimed row, in `claim_select`'s order.
 #[derive(Clone, Copy)]
 enum Text {
     AggregateType,
@@ -129,63 +130,49 @@ impl ClaimedRow {
     }
 }
 
-/// Fields per claimed row, in `claim_statement`'s order.
+/// Fields per claimed row, in `claim_select`'s order.
 const CLAIM_FIELDS: usize = 13;
 
-/// The claim statement: pending, due rows of owned shards in commit order,
-/// skipping every row that has an earlier row of its aggregate being retried
-/// (or dead, when dead events block their aggregate). A retried row is thus
+/// The claim: pending, due rows of owned shards in commit order, skipping
+/// every row that has an earlier row of its aggregate being retried (or
+/// dead, when dead events block their aggregate). A retried row is thus
 /// always the head of its aggregate, and nothing after it is produced until
 /// it is delivered.
 ///
-/// It runs as `COPY (SELECT …) TO STDOUT (FORMAT binary)`: the rows arrive
-/// in binary COPY format, read by `copy_binary` at a fraction of the CPU
-/// sqlx spends decoding a result set row by row. COPY takes no bind
-/// parameters, so the values are written into the statement; every one is
-/// a number or a boolean formatted here, never text from elsewhere (the
-/// table name is a validated identifier, see `Names`).
+/// The arguments are SQL fragments: bind parameters for the `SELECT` of a
+/// fresh claim (`select_statement`), numbers written into the statement for
+/// the `COPY` of a claim ahead (`copy_statement`, COPY takes no parameters).
 ///
-/// The owned shards are a bit mask (bit `n` for shard `n`): one integer
-/// operation per row, where `shard = ANY(array)` compared each row against
-/// up to 64 elements.
+/// `shard_mask` is the set of owned shards as a bit mask (bit `n` for shard
+/// `n`): one integer operation per row, where `shard = ANY(array)` compared
+/// each row against up to 64 elements.
 ///
-/// `in_flight` lists the rows of the batches still in flight or not yet
+/// `excluded` lists the rows of the batches still in flight or not yet
 /// marked (empty when there is none): they are still `pending`. The
 /// exclusion is a hashed lookup, so the index scan stays in `seq` order and
 /// nothing else is skipped (no high-water mark: a row committed late with a
 /// lower `seq` is still found).
 ///
-/// Being a new statement each time, it is planned at each execution, never
-/// kept as a prepared statement. PostgreSQL plans a prepared statement's
-/// first five executions for their values, then may keep one generic plan
-/// for all values. A relay idle on an empty outbox runs its claim many
-/// times against the empty table, and the generic plan chosen there scans
-/// the whole table, and again for every row it checks: a backlog committed
-/// after that (a bulk import, a broker outage) took minutes per claim until
-/// an ANALYZE replaced the plan (over ten minutes for one claim of 100,000
-/// rows; see `tests/relay_backlog.rs`,
+/// Both forms are planned at each execution, never kept as a prepared
+/// statement. PostgreSQL plans a prepared statement's first five executions
+/// for their values, then may keep one generic plan for all values. A relay
+/// idle on an empty outbox runs its claim many times against the empty
+/// table, and the generic plan chosen there scans the whole table, and
+/// again for every row it checks: a backlog committed after that (a bulk
+/// import, a broker outage) took minutes per claim until an ANALYZE
+/// replaced the plan (over ten minutes for one claim of 100,000 rows; see
+/// `tests/relay_backlog.rs`,
 /// `a_relay_idle_on_an_empty_table_drains_a_sudden_backlog`). Planning costs
 /// a fraction of a millisecond per batch.
-fn claim_statement(
+fn claim_select(
     outbox: &str,
-    shard_mask: i64,
-    dead_blocks: bool,
-    limit: usize,
-    in_flight: &[i64],
+    shard_mask: &str,
+    dead_blocks: &str,
+    limit: &str,
+    excluded: &str,
 ) -> String {
-    let mut excluded = String::with_capacity(in_flight.len() * 8 + 2);
-    excluded.push('{');
-    for (i, seq) in in_flight.iter().enumerate() {
-        if i > 0 {
-            excluded.push(',');
-        }
-        // Writing to a String cannot fail.
-        let _ = write!(excluded, "{seq}");
-    }
-    excluded.push('}');
     format!(
-        "COPY (
-         SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
+        "SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
                 o.event_data::text AS payload,
                 o.headers->>'correlation_id' AS correlation_id,
                 o.headers->>'traceparent' AS traceparent,
@@ -196,7 +183,7 @@ fn claim_statement(
          WHERE o.state = 'pending'
            AND ((1::int8 << o.shard) & ({shard_mask})::int8) <> 0
            AND o.next_attempt_at <= now()
-           AND o.seq NOT IN (SELECT unnest('{excluded}'::int8[]))
+           AND o.seq NOT IN (SELECT unnest({excluded}))
            AND NOT EXISTS (
                SELECT 1 FROM {outbox} b
                WHERE b.aggregate_type = o.aggregate_type
@@ -204,13 +191,77 @@ fn claim_statement(
                  AND b.seq < o.seq
                  AND ((b.state = 'pending' AND b.retry_count > 0) OR (b.state = 'dead' AND {dead_blocks})))
          ORDER BY o.seq
-         LIMIT {limit}
-         ) TO STDOUT (FORMAT binary)"
+         LIMIT {limit}"
     )
 }
 
-/// Reads one claimed row, fields in `claim_statement`'s order. Text is
-/// borrowed from the COPY data and copied once, into the row's buffer.
+/// The claim as a statement with bind parameters: `$1` the shard mask,
+/// `$2` whether dead rows block, `$3` the limit, `$4` the excluded `seq`s.
+fn select_statement(outbox: &str) -> String {
+    claim_select(outbox, "$1", "$2", "$3", "$4::int8[]")
+}
+
+/// The claim as `COPY (SELECT …) TO STDOUT (FORMAT binary)`, its values
+/// written into the statement: every one is a number or a boolean formatted
+/// here, never text from elsewhere (the table name is a validated
+/// identifier, see `Names`).
+fn copy_statement(
+    outbox: &str,
+    shard_mask: i64,
+    dead_blocks: bool,
+    limit: usize,
+    in_flight: &[i64],
+) -> String {
+    let mut excluded = String::with_capacity(in_flight.len() * 8 + 16);
+    excluded.push_str("'{");
+    for (i, seq) in in_flight.iter().enumerate() {
+        if i > 0 {
+            excluded.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(excluded, "{seq}");
+    }
+    excluded.push_str("}'::int8[]");
+    let select = claim_select(
+        outbox,
+        &shard_mask.to_string(),
+        if dead_blocks { "true" } else { "false" },
+        &limit.to_string(),
+        &excluded,
+    );
+    format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+}
+
+/// Reads one row of a fresh claim's result set, columns by position in
+/// `claim_select`'s order. Text is borrowed from the row and copied once,
+/// into the row's buffer.
+fn decode_row(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
+    let texts: TextColumns<'_> = [
+        Some(row.try_get(2)?),
+        Some(row.try_get(3)?),
+        Some(row.try_get(4)?),
+        Some(row.try_get(5)?),
+        Some(row.try_get(6)?),
+        Some(row.try_get(7)?),
+        row.try_get(8)?,
+        row.try_get(9)?,
+        row.try_get(10)?,
+    ];
+    let age: PgInterval = row.try_get(12)?;
+    Ok(ClaimedRow::new(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        texts,
+        row.try_get(11)?,
+        f64::from(age.months) * 30.0 * 86_400.0
+            + f64::from(age.days) * 86_400.0
+            + age.microseconds as f64 / 1e6,
+    ))
+}
+
+/// Reads one row of a claim ahead's COPY data, fields in `claim_select`'s
+/// order. Text is borrowed from the COPY data and copied once, into the
+/// row's buffer.
 fn decode(tuple: &Tuple<'_, CLAIM_FIELDS>) -> Result<ClaimedRow, CopyFormatError> {
     let texts: TextColumns<'_> = [
         Some(tuple.required_text(2)?),
@@ -264,6 +315,7 @@ pub(crate) struct Claimed {
 pub(crate) struct Claimer {
     pool: PgPool,
     outbox: Arc<str>,
+    select: Arc<str>,
     dead_blocks: bool,
     limit: usize,
 }
@@ -275,6 +327,7 @@ impl Claimer {
         Self {
             pool,
             outbox: names.outbox.as_str().into(),
+            select: select_statement(&names.outbox).into(),
             dead_blocks,
             limit,
         }
@@ -286,14 +339,43 @@ impl Claimer {
     }
 
     /// The next batch of `shards`, leaving out `in_flight` (the `seq`s of
-    /// the batch being produced, if any).
+    /// the batches produced but not yet marked, if any), as a `SELECT`.
+    /// Used for fresh claims, the wake-up path: with small batches it gave
+    /// lower end-to-end latency than the `COPY` of `claim_ahead`
+    /// (docs/benchmarks.md, profile of the third session).
     pub(crate) async fn claim(
         &self,
         shards: &[i16],
         in_flight: &[i64],
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
-        let statement = claim_statement(
+        let rows = sqlx::query(&self.select)
+            .persistent(false)
+            .bind(shard_mask(shards))
+            .bind(self.dead_blocks)
+            .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))
+            .bind(in_flight)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows = rows.iter().map(decode_row).collect::<Result<_, _>>()?;
+        Ok(Claimed {
+            rows,
+            started,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Like [`claim`](Self::claim), as a binary `COPY`: used for the batch
+    /// claimed ahead while a full one is produced (backlogs), where reading
+    /// binary COPY data costs the relay about 1 ms less CPU per 1,000 rows
+    /// than sqlx's row-by-row decoding.
+    pub(crate) async fn claim_ahead(
+        &self,
+        shards: &[i16],
+        in_flight: &[i64],
+    ) -> Result<Claimed, sqlx::Error> {
+        let started = Instant::now();
+        let statement = copy_statement(
             &self.outbox,
             shard_mask(shards),
             self.dead_blocks,
@@ -363,8 +445,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_claim_statement_writes_only_numbers_into_the_copy() {
-        let sql = claim_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5]);
+    fn the_fresh_claim_binds_its_values() {
+        let sql = select_statement("event_outbox");
+        assert!(sql.starts_with("SELECT o.seq"), "{sql}");
+        assert!(sql.contains("& ($1)::int8"), "{sql}");
+        assert!(sql.contains("b.state = 'dead' AND $2"), "{sql}");
+        assert!(sql.contains("LIMIT $3"), "{sql}");
+        assert!(sql.contains("unnest($4::int8[])"), "{sql}");
+    }
+
+    #[test]
+    fn the_claim_ahead_writes_only_numbers_into_the_copy() {
+        let sql = copy_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5]);
         assert!(sql.starts_with("COPY ("), "{sql}");
         assert!(sql.ends_with(") TO STDOUT (FORMAT binary)"), "{sql}");
         assert!(sql.contains("FROM \"s\".event_outbox o"), "{sql}");
@@ -372,7 +464,7 @@ pub(crate) mod tests {
         assert!(sql.contains("unnest('{3,-4,5}'::int8[])"), "{sql}");
         assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
         assert!(sql.contains("LIMIT 500"), "{sql}");
-        let none = claim_statement("event_outbox", 5, false, 1, &[]);
+        let none = copy_statement("event_outbox", 5, false, 1, &[]);
         assert!(none.contains("unnest('{}'::int8[])"), "{none}");
         assert!(none.contains("b.state = 'dead' AND false"), "{none}");
     }

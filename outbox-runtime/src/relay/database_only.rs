@@ -1,5 +1,6 @@
 //! The relay's database work without a broker: claim a batch with the
-//! relay's own claim, delete it with the relay's own marking statement.
+//! relay's own claim (the `COPY` it uses for batches claimed ahead, as in a
+//! backlog), delete it with the relay's own marking statement.
 //! `outbox-bench` measures it as the Postgres-only baseline of
 //! `relay_vs_raw_produce`. Not a public API: it changes without notice.
 
@@ -58,7 +59,7 @@ impl DatabaseOnlyDrain {
 
     /// Claims and deletes the next batch; `None` once nothing is pending.
     pub async fn next_batch(&self) -> Result<Option<DrainedBatch>, sqlx::Error> {
-        let claimed = self.claimer.claim(&self.shards, &[]).await?;
+        let claimed = self.claimer.claim_ahead(&self.shards, &[]).await?;
         if claimed.rows.is_empty() {
             return Ok(None);
         }

@@ -44,7 +44,7 @@ pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Durati
 }
 
 /// Marking statements. Like the claim, they are planned at each execution,
-/// never as a cached generic plan (see `claim_statement`).
+/// never as a cached generic plan (see `claim_select`).
 #[derive(Debug)]
 pub(crate) struct OutcomeSql {
     delete: String,

@@ -1,7 +1,7 @@
 //! The next batch, claimed while the broker acknowledges the current one.
 //!
 //! Claiming is a read, so it can overlap producing: the claim leaves out
-//! the rows in flight (see `claim_statement` in `claim.rs`). Two rules
+//! the rows in flight (see `claim_select` in `claim.rs`). Two rules
 //! keep the guarantees:
 //!
 //! - **Order.** The prefetch was claimed before the current batch's outcome

@@ -427,7 +427,7 @@ impl Worker {
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
         tokio::spawn(async move {
-            let batch = claimer.claim(&shards, &in_flight).await?;
+            let batch = claimer.claim_ahead(&shards, &in_flight).await?;
             Ok(Prefetched::new(batch, shards))
         })
     }
