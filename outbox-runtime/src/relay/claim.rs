@@ -1,6 +1,6 @@
 //! Claiming the next batch of deliverable rows.
 
-use super::copy_binary::{CopyFormatError, CopyReader, Tuple};
+use super::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
 use crate::identifier::Names;
 use futures::StreamExt;
@@ -253,9 +253,7 @@ fn decode_row(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
         row.try_get(1)?,
         texts,
         row.try_get(11)?,
-        f64::from(age.months) * 30.0 * 86_400.0
-            + f64::from(age.days) * 86_400.0
-            + age.microseconds as f64 / 1e6,
+        interval_seconds(age.months, age.days, age.microseconds),
     ))
 }
 

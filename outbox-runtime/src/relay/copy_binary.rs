@@ -39,6 +39,12 @@ pub(crate) enum CopyFormatError {
     TrailingData,
 }
 
+/// An interval's parts as seconds: a month counted as 30 days, a day as
+/// 86,400 s, as `EXTRACT(EPOCH …)` does.
+pub(crate) fn interval_seconds(months: i32, days: i32, micros: i64) -> f64 {
+    f64::from(months) * 30.0 * 86_400.0 + f64::from(days) * 86_400.0 + micros as f64 / 1e6
+}
+
 /// A cursor over binary COPY data.
 pub(crate) struct CopyReader<'a> {
     data: &'a [u8],
@@ -150,7 +156,7 @@ impl<'a, const N: usize> Tuple<'a, N> {
         let micros = i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
         let days = i32::from_be_bytes([b[8], b[9], b[10], b[11]]);
         let months = i32::from_be_bytes([b[12], b[13], b[14], b[15]]);
-        Ok(f64::from(months) * 30.0 * 86_400.0 + f64::from(days) * 86_400.0 + micros as f64 / 1e6)
+        Ok(interval_seconds(months, days, micros))
     }
 
     /// A `text` (or `json`, whose binary form is its text), `None` for
