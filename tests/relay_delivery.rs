@@ -123,9 +123,9 @@ async fn committed_event_arrives_with_topic_key_headers_and_envelope() {
     db.drop_db().await;
 }
 
-/// A relay configured with a schema claims (through its `COPY` claim,
-/// which names the schema-qualified table) and marks only that schema's
-/// rows; a row in the default schema's outbox is left alone.
+/// A relay configured with a schema claims (its claim statements name the
+/// schema-qualified table) and marks only that schema's rows; a row in the
+/// default schema's outbox is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_on_a_configured_schema_delivers_that_schema_only() {
     let (db, prefix, collector) = setup("schema").await;

@@ -1,10 +1,11 @@
 //! Reading PostgreSQL's binary `COPY … TO STDOUT` format.
 //!
-//! The relay claims its batches with `COPY (SELECT …) TO STDOUT (FORMAT
-//! binary)` instead of a `SELECT`: the rows arrive in the types' binary
-//! send format, and reading them here costs a fraction of decoding a result
-//! set row by row through sqlx (see docs/benchmarks.md, profile of
-//! 2026-11-27, third session).
+//! The relay claims the batch it reads ahead during a backlog with
+//! `COPY (SELECT …) TO STDOUT (FORMAT binary)` (`Claimer::claim_ahead`):
+//! the rows arrive in the types' binary send format, and reading them here
+//! costs a fraction of decoding a result set row by row through sqlx (see
+//! docs/benchmarks.md, profile of 2026-11-27, third session). Fresh claims
+//! stay a `SELECT`.
 //!
 //! Format (PostgreSQL docs, "COPY", *Binary Format*): an 11-byte signature,
 //! a 32-bit flags field, a 32-bit header-extension length and that many
@@ -149,8 +150,7 @@ impl<'a, const N: usize> Tuple<'a, N> {
         self.fixed(field).map(Uuid::from_bytes)
     }
 
-    /// An `interval` as seconds (a month counted as 30 days, a day as
-    /// 86,400 s, as `EXTRACT(EPOCH …)` does).
+    /// An `interval` as seconds (see [`interval_seconds`]).
     pub(crate) fn interval_seconds(&self, field: usize) -> Result<f64, CopyFormatError> {
         let b: [u8; 16] = self.fixed(field)?;
         let micros = i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
