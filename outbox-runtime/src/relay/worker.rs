@@ -2,6 +2,7 @@
 
 use super::claim::{Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
+use super::full_claims::{FullClaims, FULL_CLAIM_EVERY};
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
 use super::prefetch::Prefetched;
@@ -58,6 +59,8 @@ pub(crate) struct Worker {
     next_queue_gauges: Instant,
     /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
+    /// When claims ahead must read from the start of the outbox again.
+    full_claims: FullClaims,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -144,6 +147,7 @@ impl Worker {
             metrics,
             next_queue_gauges: Instant::now(),
             prefetched: None,
+            full_claims: FullClaims::new(FULL_CLAIM_EVERY, Instant::now()),
             unrecorded: None,
         }
     }
@@ -392,6 +396,7 @@ impl Worker {
                     self.flush_unrecorded().await;
                 }
                 let unrecorded = self.unrecorded_seqs(&[]);
+                self.full_claims.claimed_from_start(Instant::now());
                 self.claimer.claim(self.leases.owned(), &unrecorded).await?
             }
         };
@@ -422,12 +427,17 @@ impl Worker {
     /// Claims the batch after `rows` in a task of its own, while `rows` are
     /// produced: decoding a claimed batch is CPU work that would otherwise
     /// hold up this task while it enqueues and collects acknowledgements.
-    fn claim_ahead(&self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+    /// The claim starts after `rows` unless one from the start is due (see
+    /// `full_claims`).
+    fn claim_ahead(&mut self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
+        let after = self
+            .full_claims
+            .bound_ahead(rows.iter().map(|r| r.seq).max(), Instant::now());
         tokio::spawn(async move {
-            let batch = claimer.claim_ahead(&shards, &in_flight).await?;
+            let batch = claimer.claim_ahead(&shards, &in_flight, after).await?;
             Ok(Prefetched::new(batch, shards))
         })
     }
