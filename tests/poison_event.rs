@@ -306,6 +306,99 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
     s.db.drop_db().await;
 }
 
+/// A failing event whose aggregate has later events spread over a draining
+/// backlog, fixed by hand while the backlog drains: once its retry gets
+/// through, the rest of its aggregate follows in order. Claims ahead start
+/// after the batch in flight only while no failing row exists; a later event
+/// of the aggregate passed over while it was held back must not be
+/// overtaken by one claimed after the failure cleared
+/// (docs/guarantees.md §3, §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_cleared_during_a_backlog_lets_its_aggregate_follow_in_order() {
+    const EVENTS: usize = 20_000;
+    /// Every this many events, one of the failing event's aggregate.
+    const SPREAD: usize = 40;
+    let bootstrap = support::bootstrap_servers();
+    let s = fixtures::scenario("clearedfailure", &bootstrap, 2).await;
+    let collector = support::Collector::start(&bootstrap, &s.topics);
+    let mut per_aggregate = std::collections::HashMap::<String, i64>::new();
+    let events: Vec<EssayUploadedV1> = (0..EVENTS)
+        .map(|position| {
+            let id = if position % SPREAD == 0 {
+                "poison".to_string()
+            } else {
+                format!("ok-{}", position % 200)
+            };
+            let seq = per_aggregate.entry(id.clone()).or_default();
+            *seq += 1;
+            let content = if position == 0 {
+                "x".repeat(200_000)
+            } else {
+                "fine".into()
+            };
+            EssayUploadedV1 {
+                essay_id: id,
+                seq: *seq,
+                content,
+            }
+        })
+        .collect();
+    let mut tx = s.outbox.transactional_publish().await.unwrap();
+    tx.publish_all(&events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut kafka = fixtures::kafka(&bootstrap);
+    kafka.set("message.max.bytes", "50000");
+    let mut config = fixtures::relay_config(&s.prefix);
+    config.batch_size = 20;
+    config.max_retries = 1_000;
+    let handle = Relay::new(s.db.pool.clone(), kafka, config)
+        .await
+        .unwrap()
+        .spawn();
+    // The oversized event failed once: fix it, as an operator would.
+    let mut failed = false;
+    for _ in 0..300 {
+        failed = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE aggregate_id = 'poison' AND retry_count > 0)",
+        )
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+        if failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed, "the oversized event fails");
+    sqlx::query(
+        "UPDATE event_outbox SET event_data = replace(event_data::text, repeat('x', 200000), 'fixed')::json
+         WHERE aggregate_id = 'poison' AND retry_count > 0",
+    )
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        pending > (EVENTS / 4) as i64,
+        "the backlog is still draining when the failure is fixed ({pending} pending)"
+    );
+
+    let delivered = collector.wait_for(EVENTS, Duration::from_secs(180)).await;
+    let all = collector.settle(Duration::from_secs(2)).await;
+    let t = fixtures::report("failure_cleared_during_backlog", EVENTS, &all);
+    assert!(delivered.len() >= EVENTS);
+    assert_eq!(t.received, EVENTS, "every event arrives");
+    assert_eq!(t.order_violations, 0, "each aggregate in order");
+    handle.shutdown().await.unwrap();
+    collector.stop();
+    s.db.drop_db().await;
+}
+
 /// A relay whose producer refuses messages over 50,000 bytes, with batches
 /// of `batch_size` and one retry before an event is dead.
 async fn spawn_strict_relay(

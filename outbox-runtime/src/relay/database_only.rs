@@ -46,7 +46,8 @@ pub struct DatabaseOnlyDrain {
     outcome: OutcomeSql,
     shards: Vec<i16>,
     full_claims: FullClaims,
-    /// The highest `seq` of the batch drained last.
+    /// The highest `seq` of the batch drained last, if its claim saw no
+    /// row holding back its aggregate.
     last: Option<i64>,
 }
 
@@ -73,7 +74,7 @@ impl DatabaseOnlyDrain {
             return Ok(None);
         }
         let seqs: Vec<i64> = claimed.rows.iter().map(|row| row.seq).collect();
-        self.last = seqs.iter().copied().max();
+        self.last = seqs.iter().copied().max().filter(|_| !claimed.blocking);
         let started = Instant::now();
         self.outcome.record(&self.pool, &seqs, false, &[]).await?;
         Ok(Some(DrainedBatch {

@@ -10,12 +10,13 @@
 //! drain).
 //!
 //! A row below the bound can become claimable later: a transaction that
-//! took a lower `seq` commits late, a failed row's retry falls due, a dead
-//! row is released. So at least once per [`FULL_CLAIM_EVERY`] a claim reads
-//! from the start again, and every claim that is not a claim ahead (the
-//! wake-up path, polls, the first batch of a backlog) always does: such rows
-//! wait at most about that long while a backlog drains, and not at all
-//! otherwise (docs/guarantees.md §6).
+//! took a lower `seq` commits late. So at least once per
+//! [`FULL_CLAIM_EVERY`] a claim reads from the start again, and every claim
+//! that is not a claim ahead (the wake-up path, polls, the first batch of a
+//! backlog) always does: such rows wait at most about that long while a
+//! backlog drains, and not at all otherwise (docs/guarantees.md §6). Rows
+//! held back behind a failing or dead row are the other case; for them the
+//! worker does not bound a claim at all (see `claim_select` in `claim.rs`).
 
 use std::time::{Duration, Instant};
 

@@ -427,15 +427,25 @@ impl Worker {
     /// Claims the batch after `rows` in a task of its own, while `rows` are
     /// produced: decoding a claimed batch is CPU work that would otherwise
     /// hold up this task while it enqueues and collects acknowledgements.
-    /// The claim starts after `rows` unless one from the start is due (see
-    /// `full_claims`).
-    fn claim_ahead(&mut self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+    ///
+    /// The claim starts after `rows` only when `may_start_after`: the claim
+    /// of `rows` saw no row holding back its aggregate, and the batch before
+    /// left no aggregate unfinished (its failure may not be written yet).
+    /// Otherwise, or when one is due (see `full_claims`), it reads from the
+    /// start: rows passed over while held back must be claimed before the
+    /// later rows of their aggregate once the failure clears.
+    fn claim_ahead(
+        &mut self,
+        rows: &[ClaimedRow],
+        may_start_after: bool,
+    ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
+        let highest = rows.iter().map(|r| r.seq).max();
         let after = self
             .full_claims
-            .bound_ahead(rows.iter().map(|r| r.seq).max(), Instant::now());
+            .bound_ahead(highest.filter(|_| may_start_after), Instant::now());
         tokio::spawn(async move {
             let batch = claimer.claim_ahead(&shards, &in_flight, after).await?;
             Ok(Prefetched::new(batch, shards))
@@ -451,14 +461,20 @@ impl Worker {
             rows,
             started: claimed_at,
             took: claim_took,
+            blocking,
         } = batch;
         let claimed = rows.len();
         // A full batch means a backlog: claim the next one meanwhile. A
         // partial batch took everything there was; what commits meanwhile is
         // better claimed fresh after this batch, in one round, than split
         // across a claim-ahead and the round after it.
-        let claiming =
-            (claimed >= self.claimer.limit() && !self.stopping()).then(|| self.claim_ahead(&rows));
+        let may_start_after = !blocking
+            && self
+                .unrecorded
+                .as_ref()
+                .map_or(true, |previous| previous.unfinished().is_empty());
+        let claiming = (claimed >= self.claimer.limit() && !self.stopping())
+            .then(|| self.claim_ahead(&rows, may_start_after));
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
         // it may hold rows behind the previous batch's failures too.
