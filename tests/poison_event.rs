@@ -271,19 +271,13 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
     assert_eq!(t.order_violations, 0);
     // Until the poison event is dead, and after, its aggregate's later
     // events stay pending and unsent.
-    let mut dead = false;
-    for _ in 0..100 {
-        dead = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison')",
-        )
-        .fetch_one(&s.db.pool)
-        .await
-        .unwrap();
-        if dead {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dead = eventually(
+        &s.db.pool,
+        "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison')",
+        100,
+        Duration::from_millis(100),
+    )
+    .await;
     assert!(dead, "the oversized event becomes dead");
     let settled = collector.settle(Duration::from_secs(2)).await;
     assert_eq!(settled.len(), others, "only the other aggregates' events");
@@ -357,19 +351,13 @@ async fn a_failure_cleared_during_a_backlog_lets_its_aggregate_follow_in_order()
         .unwrap()
         .spawn();
     // The oversized event failed once: fix it, as an operator would.
-    let mut failed = false;
-    for _ in 0..300 {
-        failed = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE aggregate_id = 'poison' AND retry_count > 0)",
-        )
-        .fetch_one(&s.db.pool)
-        .await
-        .unwrap();
-        if failed {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failed = eventually(
+        &s.db.pool,
+        "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE aggregate_id = 'poison' AND retry_count > 0)",
+        300,
+        Duration::from_millis(20),
+    )
+    .await;
     assert!(failed, "the oversized event fails");
     sqlx::query(
         "UPDATE event_outbox SET event_data = replace(event_data::text, repeat('x', 200000), 'fixed')::json
@@ -397,6 +385,19 @@ async fn a_failure_cleared_during_a_backlog_lets_its_aggregate_follow_in_order()
     handle.shutdown().await.unwrap();
     collector.stop();
     s.db.drop_db().await;
+}
+
+/// Runs `query` (a `SELECT EXISTS …`) until it is true, at most `tries`
+/// times, `every` apart; whether it became true.
+async fn eventually(pool: &sqlx::PgPool, query: &str, tries: usize, every: Duration) -> bool {
+    for _ in 0..tries {
+        let found: bool = sqlx::query_scalar(query).fetch_one(pool).await.unwrap();
+        if found {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
 }
 
 /// A relay whose producer refuses messages over 50,000 bytes, with batches
