@@ -131,7 +131,7 @@ impl ClaimedRow {
 }
 
 /// Fields per claimed row, in `claim_select`'s order.
-const CLAIM_FIELDS: usize = 14;
+const CLAIM_FIELDS: usize = 13;
 
 /// The claim: pending, due rows of owned shards in commit order, skipping
 /// every row that has an earlier row of its aggregate being retried (or
@@ -153,23 +153,6 @@ const CLAIM_FIELDS: usize = 14;
 /// nothing else is skipped (no high-water mark: a row committed late with a
 /// lower `seq` is still found).
 ///
-/// `after`, when given, starts the scan after that `seq` (`o.seq > after`):
-/// a claim ahead during a backlog starts after the batch in flight, so it
-/// does not walk the head of the pending index, where every row delivered
-/// since the last vacuum left an entry to step over (near the end of a
-/// 1,000,000-row drain, thousands of index pages per claim). Rows below the
-/// bound that became claimable meanwhile (a late commit, a retry now due)
-/// are found by the next claim without it (see `full_claims`).
-///
-/// The last column, `blocking`, is the same on every row: whether any row
-/// of the owned shards held back its aggregate (a failing row, or a dead
-/// one when dead rows block) when this claim ran. Such a row skips the later
-/// rows of its aggregate, which a bounded claim after it would leave below
-/// its bound when the failure clears while later ones lie above it; so the
-/// relay starts a claim after the batch in flight only when that batch's
-/// claim saw none (one index probe on the small partial index of blocking
-/// rows, evaluated once per claim).
-///
 /// Both forms are planned at each execution, never kept as a prepared
 /// statement. PostgreSQL plans a prepared statement's first five executions
 /// for their values, then may keep one generic plan for all values. A relay
@@ -187,11 +170,7 @@ fn claim_select(
     dead_blocks: &str,
     limit: &str,
     excluded: &str,
-    after: Option<i64>,
 ) -> String {
-    let after = after
-        .map(|seq| format!("\n           AND o.seq > {seq}"))
-        .unwrap_or_default();
     format!(
         "SELECT o.seq, o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
                 o.event_data::text AS payload,
@@ -199,14 +178,9 @@ fn claim_select(
                 o.headers->>'traceparent' AS traceparent,
                 o.headers->>'tracestate' AS tracestate,
                 o.retry_count,
-                now() - o.created_at AS age_at_claim,
-                (SELECT EXISTS (
-                     SELECT 1 FROM {outbox} k
-                     WHERE (k.state = 'dead' OR (k.state = 'pending' AND k.retry_count > 0))
-                       AND (k.state <> 'dead' OR {dead_blocks})
-                       AND ((1::int8 << k.shard) & ({shard_mask})::int8) <> 0)) AS blocking
+                now() - o.created_at AS age_at_claim
          FROM {outbox} o
-         WHERE o.state = 'pending'{after}
+         WHERE o.state = 'pending'
            AND ((1::int8 << o.shard) & ({shard_mask})::int8) <> 0
            AND o.next_attempt_at <= now()
            AND o.seq NOT IN (SELECT unnest({excluded}))
@@ -224,7 +198,7 @@ fn claim_select(
 /// The claim as a statement with bind parameters: `$1` the shard mask,
 /// `$2` whether dead rows block, `$3` the limit, `$4` the excluded `seq`s.
 fn select_statement(outbox: &str) -> String {
-    claim_select(outbox, "$1", "$2", "$3", "$4::int8[]", None)
+    claim_select(outbox, "$1", "$2", "$3", "$4::int8[]")
 }
 
 /// The claim as `COPY (SELECT …) TO STDOUT (FORMAT binary)`, its values
@@ -237,7 +211,6 @@ fn copy_statement(
     dead_blocks: bool,
     limit: usize,
     in_flight: &[i64],
-    after: Option<i64>,
 ) -> String {
     let mut excluded = String::with_capacity(in_flight.len() * 8 + 16);
     excluded.push_str("'{");
@@ -255,7 +228,6 @@ fn copy_statement(
         if dead_blocks { "true" } else { "false" },
         &limit.to_string(),
         &excluded,
-        after,
     );
     format!("COPY ({select}) TO STDOUT (FORMAT binary)")
 }
@@ -263,7 +235,7 @@ fn copy_statement(
 /// Reads one row of a fresh claim's result set, columns by position in
 /// `claim_select`'s order. Text is borrowed from the row and copied once,
 /// into the row's buffer.
-fn decode_row(row: &PgRow) -> Result<(ClaimedRow, bool), sqlx::Error> {
+fn decode_row(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
     let texts: TextColumns<'_> = [
         Some(row.try_get(2)?),
         Some(row.try_get(3)?),
@@ -276,20 +248,19 @@ fn decode_row(row: &PgRow) -> Result<(ClaimedRow, bool), sqlx::Error> {
         row.try_get(10)?,
     ];
     let age: PgInterval = row.try_get(12)?;
-    let claimed = ClaimedRow::new(
+    Ok(ClaimedRow::new(
         row.try_get(0)?,
         row.try_get(1)?,
         texts,
         row.try_get(11)?,
         interval_seconds(age.months, age.days, age.microseconds),
-    );
-    Ok((claimed, row.try_get(13)?))
+    ))
 }
 
 /// Reads one row of a claim ahead's COPY data, fields in `claim_select`'s
 /// order. Text is borrowed from the COPY data and copied once, into the
 /// row's buffer.
-fn decode(tuple: &Tuple<'_, CLAIM_FIELDS>) -> Result<(ClaimedRow, bool), CopyFormatError> {
+fn decode(tuple: &Tuple<'_, CLAIM_FIELDS>) -> Result<ClaimedRow, CopyFormatError> {
     let texts: TextColumns<'_> = [
         Some(tuple.required_text(2)?),
         Some(tuple.required_text(3)?),
@@ -301,29 +272,23 @@ fn decode(tuple: &Tuple<'_, CLAIM_FIELDS>) -> Result<(ClaimedRow, bool), CopyFor
         tuple.text(9)?,
         tuple.text(10)?,
     ];
-    let claimed = ClaimedRow::new(
+    Ok(ClaimedRow::new(
         tuple.int8(0)?,
         tuple.uuid(1)?,
         texts,
         tuple.int4(11)?,
         tuple.interval_seconds(12)?,
-    );
-    Ok((claimed, tuple.boolean(13)?))
+    ))
 }
 
-/// Reads a whole claim's binary COPY output: the rows, and whether a
-/// blocking row existed (`true` when no row came back: nothing was seen).
-fn decode_all(data: &[u8]) -> Result<(Vec<ClaimedRow>, bool), CopyFormatError> {
+/// Reads a whole claim's binary COPY output.
+fn decode_all(data: &[u8]) -> Result<Vec<ClaimedRow>, CopyFormatError> {
     let mut reader = CopyReader::new(data)?;
     let mut rows = Vec::new();
-    let mut blocking = false;
     while let Some(tuple) = reader.next_tuple::<CLAIM_FIELDS>()? {
-        let (row, blocked) = decode(&tuple)?;
-        blocking |= blocked;
-        rows.push(row);
+        rows.push(decode(&tuple)?);
     }
-    let blocking = blocking || rows.is_empty();
-    Ok((rows, blocking))
+    Ok(rows)
 }
 
 /// Shards `0..64` as the bits of an `i64` (shard 63 is the sign bit).
@@ -340,11 +305,6 @@ pub(crate) struct Claimed {
     pub rows: Vec<ClaimedRow>,
     pub started: Instant,
     pub took: Duration,
-    /// Whether a row holding back its aggregate existed in the owned shards
-    /// when the claim ran (`true` for an empty claim: nothing was seen). A
-    /// claim after this batch may start after it only when this is `false`
-    /// (see `claim_select`).
-    pub blocking: bool,
 }
 
 /// How this relay claims: the statement and the settings that stay the
@@ -395,26 +355,22 @@ impl Claimer {
             .bind(in_flight)
             .fetch_all(&self.pool)
             .await?;
-        let decoded = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
-        let blocking = decoded.is_empty() || decoded.iter().any(|(_, blocking)| *blocking);
+        let rows = rows.iter().map(decode_row).collect::<Result<_, _>>()?;
         Ok(Claimed {
-            rows: decoded.into_iter().map(|(row, _)| row).collect(),
+            rows,
             started,
             took: started.elapsed(),
-            blocking,
         })
     }
 
     /// Like [`claim`](Self::claim), as a binary `COPY`: used for the batch
     /// claimed ahead while a full one is produced (backlogs), where reading
     /// binary COPY data costs the relay about 1 ms less CPU per 1,000 rows
-    /// than sqlx's row-by-row decoding. With `after`, only rows with a
-    /// higher `seq` (see `claim_select`).
+    /// than sqlx's row-by-row decoding.
     pub(crate) async fn claim_ahead(
         &self,
         shards: &[i16],
         in_flight: &[i64],
-        after: Option<i64>,
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
         let statement = copy_statement(
@@ -423,20 +379,17 @@ impl Claimer {
             self.dead_blocks,
             self.limit,
             in_flight,
-            after,
         );
         let mut chunks = self.pool.copy_out_raw(&statement).await?;
         let mut data = Vec::new();
         while let Some(chunk) = chunks.next().await {
             data.extend_from_slice(&chunk?);
         }
-        let (rows, blocking) =
-            decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        let rows = decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         Ok(Claimed {
             rows,
             started,
             took: started.elapsed(),
-            blocking,
         })
     }
 }
@@ -497,15 +450,11 @@ pub(crate) mod tests {
         assert!(sql.contains("b.state = 'dead' AND $2"), "{sql}");
         assert!(sql.contains("LIMIT $3"), "{sql}");
         assert!(sql.contains("unnest($4::int8[])"), "{sql}");
-        assert!(
-            !sql.contains("o.seq >"),
-            "a fresh claim reads from the start: {sql}"
-        );
     }
 
     #[test]
     fn the_claim_ahead_writes_only_numbers_into_the_copy() {
-        let sql = copy_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5], Some(77));
+        let sql = copy_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5]);
         assert!(sql.starts_with("COPY ("), "{sql}");
         assert!(sql.ends_with(") TO STDOUT (FORMAT binary)"), "{sql}");
         assert!(sql.contains("FROM \"s\".event_outbox o"), "{sql}");
@@ -513,16 +462,13 @@ pub(crate) mod tests {
         assert!(sql.contains("unnest('{3,-4,5}'::int8[])"), "{sql}");
         assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
         assert!(sql.contains("LIMIT 500"), "{sql}");
-        assert!(sql.contains("AND o.seq > 77\n"), "{sql}");
-        let none = copy_statement("event_outbox", 5, false, 1, &[], None);
+        let none = copy_statement("event_outbox", 5, false, 1, &[]);
         assert!(none.contains("unnest('{}'::int8[])"), "{none}");
         assert!(none.contains("b.state = 'dead' AND false"), "{none}");
-        assert!(!none.contains("o.seq >"), "no bound: {none}");
     }
 
-    /// Binary COPY data of one claimed row with the given topic and
-    /// `blocking` flag.
-    fn copied_row(topic: Option<&str>, blocking: bool) -> Vec<u8> {
+    /// Binary COPY data of one claimed row with the given topic.
+    fn copied_row(topic: Option<&str>) -> Vec<u8> {
         use crate::relay::copy_binary::tests::{encode, interval};
         let text = |t: &str| Some(t.as_bytes().to_vec());
         encode(&[vec![
@@ -539,7 +485,6 @@ pub(crate) mod tests {
             None,
             Some(2i32.to_be_bytes().to_vec()),
             Some(interval(250_000, 0, 0)),
-            Some(vec![u8::from(blocking)]),
         ]])
     }
 
@@ -547,8 +492,7 @@ pub(crate) mod tests {
 
     #[test]
     fn claimed_rows_decode_from_binary_copy() {
-        let (rows, blocking) = decode_all(&copied_row(Some("essays.v1"), false)).unwrap();
-        assert!(!blocking);
+        let rows = decode_all(&copied_row(Some("essays.v1"))).unwrap();
         assert_eq!(rows.len(), 1);
         let row = &rows[0];
         assert_eq!(
@@ -566,34 +510,10 @@ pub(crate) mod tests {
         assert_eq!(row.traceparent(), None);
         assert!((row.age_at_claim - 0.25).abs() < 1e-9);
         assert_eq!(
-            decode_all(&copied_row(None, false)).err(),
+            decode_all(&copied_row(None)).err(),
             Some(CopyFormatError::UnexpectedNull { field: 5 }),
             "a NULL topic is an error naming its field"
         );
-    }
-
-    #[test]
-    fn a_claim_reports_blocking_rows_and_an_empty_one_counts_as_blocked() {
-        let (_, blocking) = decode_all(&copied_row(Some("t"), true)).unwrap();
-        assert!(blocking, "the claim saw a row holding back its aggregate");
-        let empty = crate::relay::copy_binary::tests::encode(&[]);
-        let (rows, blocking) = decode_all(&empty).unwrap();
-        assert!(rows.is_empty());
-        assert!(
-            blocking,
-            "an empty claim saw nothing, so it vouches for nothing"
-        );
-    }
-
-    #[test]
-    fn the_statements_check_for_blocking_rows_of_the_owned_shards() {
-        let sql = select_statement("event_outbox");
-        assert!(sql.contains("AS blocking"), "{sql}");
-        assert!(sql.contains("(k.state <> 'dead' OR $2)"), "{sql}");
-        assert!(sql.contains("& ($1)::int8) <> 0)) AS blocking"), "{sql}");
-        let copy = copy_statement("event_outbox", 6, false, 10, &[], Some(3));
-        assert!(copy.contains("(k.state <> 'dead' OR false)"), "{copy}");
-        assert!(copy.contains("& (6)::int8) <> 0)) AS blocking"), "{copy}");
     }
 
     #[test]

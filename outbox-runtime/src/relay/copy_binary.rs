@@ -140,11 +140,6 @@ impl<'a, const N: usize> Tuple<'a, N> {
         self.fixed(field).map(i64::from_be_bytes)
     }
 
-    /// A `boolean`.
-    pub(crate) fn boolean(&self, field: usize) -> Result<bool, CopyFormatError> {
-        self.fixed(field).map(|[b]: [u8; 1]| b != 0)
-    }
-
     /// An `int4`.
     pub(crate) fn int4(&self, field: usize) -> Result<i32, CopyFormatError> {
         self.fixed(field).map(i32::from_be_bytes)
@@ -220,7 +215,6 @@ pub(crate) mod tests {
             None,
             Some(3i32.to_be_bytes().to_vec()),
             Some(interval(1_500_000, 1, 0)),
-            Some(vec![1]),
         ]])
     }
 
@@ -228,7 +222,7 @@ pub(crate) mod tests {
     fn read_all(data: &[u8]) -> Result<usize, CopyFormatError> {
         let mut reader = CopyReader::new(data)?;
         let mut tuples = 0;
-        while reader.next_tuple::<7>()?.is_some() {
+        while reader.next_tuple::<6>()?.is_some() {
             tuples += 1;
         }
         Ok(tuples)
@@ -238,15 +232,14 @@ pub(crate) mod tests {
     fn reads_every_type_the_claim_selects() {
         let data = sample();
         let mut reader = CopyReader::new(&data).unwrap();
-        let tuple = reader.next_tuple::<7>().unwrap().unwrap();
+        let tuple = reader.next_tuple::<6>().unwrap().unwrap();
         assert_eq!(tuple.int8(0), Ok(7));
         assert_eq!(tuple.uuid(1), Ok(Uuid::from_u128(9)));
         assert_eq!(tuple.required_text(2), Ok("essay"));
         assert_eq!(tuple.text(3), Ok(None));
         assert_eq!(tuple.int4(4), Ok(3));
         assert!((tuple.interval_seconds(5).unwrap() - 86_401.5).abs() < 1e-9);
-        assert_eq!(tuple.boolean(6), Ok(true));
-        assert!(reader.next_tuple::<7>().unwrap().is_none());
+        assert!(reader.next_tuple::<6>().unwrap().is_none());
     }
 
     #[test]
@@ -270,11 +263,11 @@ pub(crate) mod tests {
             reader.next_tuple::<5>().err(),
             Some(CopyFormatError::FieldCount {
                 expected: 5,
-                found: 7
+                found: 6
             })
         );
         let mut reader = CopyReader::new(&data).unwrap();
-        let tuple = reader.next_tuple::<7>().unwrap().unwrap();
+        let tuple = reader.next_tuple::<6>().unwrap().unwrap();
         assert_eq!(
             tuple.required_text(3),
             Err(CopyFormatError::UnexpectedNull { field: 3 })
@@ -287,14 +280,6 @@ pub(crate) mod tests {
                 found: 5
             })
         );
-        assert_eq!(
-            tuple.boolean(0),
-            Err(CopyFormatError::FieldLength {
-                field: 0,
-                expected: 1,
-                found: 8
-            })
-        );
         let bad = encode(&[vec![Some(vec![0xff, 0xfe])]]);
         let mut reader = CopyReader::new(&bad).unwrap();
         let tuple = reader.next_tuple::<1>().unwrap().unwrap();
@@ -302,9 +287,9 @@ pub(crate) mod tests {
         let mut trailing = sample();
         trailing.push(0);
         let mut reader = CopyReader::new(&trailing).unwrap();
-        reader.next_tuple::<7>().unwrap();
+        reader.next_tuple::<6>().unwrap();
         assert_eq!(
-            reader.next_tuple::<7>().err(),
+            reader.next_tuple::<6>().err(),
             Some(CopyFormatError::TrailingData)
         );
         assert!(matches!(

@@ -1,13 +1,10 @@
 //! The relay's database work without a broker: claim a batch with the
 //! relay's own claim (the `COPY` it uses for batches claimed ahead, as in a
-//! backlog, starting after the batch before it as the relay does, and from
-//! the start whenever the relay would), delete it with the relay's own
-//! marking statement.
+//! backlog), delete it with the relay's own marking statement.
 //! `outbox-bench` measures it as the Postgres-only baseline of
 //! `relay_vs_raw_produce`. Not a public API: it changes without notice.
 
 use super::claim::Claimer;
-use super::full_claims::{FullClaims, FULL_CLAIM_EVERY};
 use super::lease::SHARDS;
 use super::outcome::OutcomeSql;
 use crate::identifier::Names;
@@ -32,7 +29,7 @@ pub struct DrainedBatch {
 /// # async fn drain(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
 /// use outbox_runtime::relay::database_only::DatabaseOnlyDrain;
 ///
-/// let mut drain = DatabaseOnlyDrain::new(pool, 1_000);
+/// let drain = DatabaseOnlyDrain::new(pool, 1_000);
 /// while let Some(batch) = drain.next_batch().await? {
 ///     println!("{} rows: claim {:?}, delete {:?}", batch.rows, batch.claim, batch.delete);
 /// }
@@ -45,10 +42,6 @@ pub struct DatabaseOnlyDrain {
     claimer: Claimer,
     outcome: OutcomeSql,
     shards: Vec<i16>,
-    full_claims: FullClaims,
-    /// The highest `seq` of the batch drained last, if its claim saw no
-    /// row holding back its aggregate.
-    last: Option<i64>,
 }
 
 impl DatabaseOnlyDrain {
@@ -60,21 +53,17 @@ impl DatabaseOnlyDrain {
             claimer: Claimer::new(pool.clone(), &names, true, batch_size),
             outcome: OutcomeSql::new(&names),
             shards: (0..SHARDS).filter_map(|s| i16::try_from(s).ok()).collect(),
-            full_claims: FullClaims::new(FULL_CLAIM_EVERY, Instant::now()),
-            last: None,
             pool,
         }
     }
 
     /// Claims and deletes the next batch; `None` once nothing is pending.
-    pub async fn next_batch(&mut self) -> Result<Option<DrainedBatch>, sqlx::Error> {
-        let after = self.full_claims.bound_ahead(self.last, Instant::now());
-        let claimed = self.claimer.claim_ahead(&self.shards, &[], after).await?;
+    pub async fn next_batch(&self) -> Result<Option<DrainedBatch>, sqlx::Error> {
+        let claimed = self.claimer.claim_ahead(&self.shards, &[]).await?;
         if claimed.rows.is_empty() {
             return Ok(None);
         }
         let seqs: Vec<i64> = claimed.rows.iter().map(|row| row.seq).collect();
-        self.last = seqs.iter().copied().max().filter(|_| !claimed.blocking);
         let started = Instant::now();
         self.outcome.record(&self.pool, &seqs, false, &[]).await?;
         Ok(Some(DrainedBatch {

@@ -7,7 +7,6 @@ mod copy_binary;
 #[doc(hidden)]
 pub mod database_only;
 mod envelope_shape;
-mod full_claims;
 mod lease;
 mod outcome;
 mod prefetch;

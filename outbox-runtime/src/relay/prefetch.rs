@@ -72,7 +72,6 @@ mod tests {
             rows,
             started: Instant::now(),
             took: Duration::ZERO,
-            blocking: false,
         };
         Prefetched::new(batch, shards.to_vec())
     }

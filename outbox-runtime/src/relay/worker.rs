@@ -2,7 +2,6 @@
 
 use super::claim::{Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
-use super::full_claims::{FullClaims, FULL_CLAIM_EVERY};
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
 use super::prefetch::Prefetched;
@@ -59,8 +58,6 @@ pub(crate) struct Worker {
     next_queue_gauges: Instant,
     /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
-    /// When claims ahead must read from the start of the outbox again.
-    full_claims: FullClaims,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -147,7 +144,6 @@ impl Worker {
             metrics,
             next_queue_gauges: Instant::now(),
             prefetched: None,
-            full_claims: FullClaims::new(FULL_CLAIM_EVERY, Instant::now()),
             unrecorded: None,
         }
     }
@@ -396,7 +392,6 @@ impl Worker {
                     self.flush_unrecorded().await;
                 }
                 let unrecorded = self.unrecorded_seqs(&[]);
-                self.full_claims.claimed_from_start(Instant::now());
                 self.claimer.claim(self.leases.owned(), &unrecorded).await?
             }
         };
@@ -427,27 +422,12 @@ impl Worker {
     /// Claims the batch after `rows` in a task of its own, while `rows` are
     /// produced: decoding a claimed batch is CPU work that would otherwise
     /// hold up this task while it enqueues and collects acknowledgements.
-    ///
-    /// The claim starts after `rows` only when `may_start_after`: the claim
-    /// of `rows` saw no row holding back its aggregate, and the batch before
-    /// left no aggregate unfinished (its failure may not be written yet).
-    /// Otherwise, or when one is due (see `full_claims`), it reads from the
-    /// start: rows passed over while held back must be claimed before the
-    /// later rows of their aggregate once the failure clears.
-    fn claim_ahead(
-        &mut self,
-        rows: &[ClaimedRow],
-        may_start_after: bool,
-    ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+    fn claim_ahead(&self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
-        let highest = rows.iter().map(|r| r.seq).max();
-        let after = self
-            .full_claims
-            .bound_ahead(highest.filter(|_| may_start_after), Instant::now());
         tokio::spawn(async move {
-            let batch = claimer.claim_ahead(&shards, &in_flight, after).await?;
+            let batch = claimer.claim_ahead(&shards, &in_flight).await?;
             Ok(Prefetched::new(batch, shards))
         })
     }
@@ -461,20 +441,14 @@ impl Worker {
             rows,
             started: claimed_at,
             took: claim_took,
-            blocking,
         } = batch;
         let claimed = rows.len();
         // A full batch means a backlog: claim the next one meanwhile. A
         // partial batch took everything there was; what commits meanwhile is
         // better claimed fresh after this batch, in one round, than split
         // across a claim-ahead and the round after it.
-        let may_start_after = !blocking
-            && self
-                .unrecorded
-                .as_ref()
-                .map_or(true, |previous| previous.unfinished().is_empty());
-        let claiming = (claimed >= self.claimer.limit() && !self.stopping())
-            .then(|| self.claim_ahead(&rows, may_start_after));
+        let claiming =
+            (claimed >= self.claimer.limit() && !self.stopping()).then(|| self.claim_ahead(&rows));
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
         // it may hold rows behind the previous batch's failures too.
