@@ -307,7 +307,7 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
 /// events passed over while the aggregate was held back below its bound
 /// and send a later one first: with such claims (tried on 2026-11-27, see
 /// docs/benchmarks.md §5) this test found one order violation in each of
-/// four runs.
+/// five runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_cleared_during_a_backlog_lets_its_aggregate_follow_in_order() {
     const EVENTS: usize = 20_000;
