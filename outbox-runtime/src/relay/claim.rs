@@ -3,7 +3,7 @@
 use super::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
 use crate::identifier::Names;
-use futures::StreamExt;
+use futures::TryStreamExt;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgPoolCopyExt, PgRow};
 use sqlx::{PgPool, Row};
@@ -232,52 +232,88 @@ fn copy_statement(
     format!("COPY ({select}) TO STDOUT (FORMAT binary)")
 }
 
-/// Reads one row of a fresh claim's result set, columns by position in
-/// `claim_select`'s order. Text is borrowed from the row and copied once,
-/// into the row's buffer.
-fn decode_row(row: &PgRow) -> Result<ClaimedRow, sqlx::Error> {
-    let texts: TextColumns<'_> = [
-        Some(row.try_get(2)?),
-        Some(row.try_get(3)?),
-        Some(row.try_get(4)?),
-        Some(row.try_get(5)?),
-        Some(row.try_get(6)?),
-        Some(row.try_get(7)?),
-        row.try_get(8)?,
-        row.try_get(9)?,
-        row.try_get(10)?,
-    ];
-    let age: PgInterval = row.try_get(12)?;
-    Ok(ClaimedRow::new(
-        row.try_get(0)?,
-        row.try_get(1)?,
-        texts,
-        row.try_get(11)?,
-        interval_seconds(age.months, age.days, age.microseconds),
-    ))
+/// The fields of one claimed row by position, in `claim_select`'s order,
+/// from either claim form: a fresh claim's result row or a claim ahead's
+/// COPY tuple. One `decode` reads both, so the column positions are written
+/// once.
+trait ClaimFields<'a> {
+    type Error;
+    fn int8(&self, field: usize) -> Result<i64, Self::Error>;
+    fn int4(&self, field: usize) -> Result<i32, Self::Error>;
+    fn uuid(&self, field: usize) -> Result<Uuid, Self::Error>;
+    /// An `interval` as seconds (see `interval_seconds`).
+    fn seconds(&self, field: usize) -> Result<f64, Self::Error>;
+    fn text(&self, field: usize) -> Result<Option<&'a str>, Self::Error>;
+    fn required_text(&self, field: usize) -> Result<&'a str, Self::Error>;
 }
 
-/// Reads one row of a claim ahead's COPY data, fields in `claim_select`'s
-/// order. Text is borrowed from the COPY data and copied once, into the
-/// row's buffer.
-fn decode(tuple: &Tuple<'_, CLAIM_FIELDS>) -> Result<ClaimedRow, CopyFormatError> {
-    let texts: TextColumns<'_> = [
-        Some(tuple.required_text(2)?),
-        Some(tuple.required_text(3)?),
-        Some(tuple.required_text(4)?),
-        Some(tuple.required_text(5)?),
-        Some(tuple.required_text(6)?),
-        Some(tuple.required_text(7)?),
-        tuple.text(8)?,
-        tuple.text(9)?,
-        tuple.text(10)?,
+impl<'a> ClaimFields<'a> for &'a PgRow {
+    type Error = sqlx::Error;
+    fn int8(&self, field: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(field)
+    }
+    fn int4(&self, field: usize) -> Result<i32, sqlx::Error> {
+        self.try_get(field)
+    }
+    fn uuid(&self, field: usize) -> Result<Uuid, sqlx::Error> {
+        self.try_get(field)
+    }
+    fn seconds(&self, field: usize) -> Result<f64, sqlx::Error> {
+        let age: PgInterval = self.try_get(field)?;
+        Ok(interval_seconds(age.months, age.days, age.microseconds))
+    }
+    fn text(&self, field: usize) -> Result<Option<&'a str>, sqlx::Error> {
+        let row: &'a PgRow = self;
+        row.try_get(field)
+    }
+    fn required_text(&self, field: usize) -> Result<&'a str, sqlx::Error> {
+        let row: &'a PgRow = self;
+        row.try_get(field)
+    }
+}
+
+impl<'a> ClaimFields<'a> for Tuple<'a, CLAIM_FIELDS> {
+    type Error = CopyFormatError;
+    fn int8(&self, field: usize) -> Result<i64, CopyFormatError> {
+        Tuple::int8(self, field)
+    }
+    fn int4(&self, field: usize) -> Result<i32, CopyFormatError> {
+        Tuple::int4(self, field)
+    }
+    fn uuid(&self, field: usize) -> Result<Uuid, CopyFormatError> {
+        Tuple::uuid(self, field)
+    }
+    fn seconds(&self, field: usize) -> Result<f64, CopyFormatError> {
+        Tuple::interval_seconds(self, field)
+    }
+    fn text(&self, field: usize) -> Result<Option<&'a str>, CopyFormatError> {
+        Tuple::text(self, field)
+    }
+    fn required_text(&self, field: usize) -> Result<&'a str, CopyFormatError> {
+        Tuple::required_text(self, field)
+    }
+}
+
+/// Reads one claimed row. Text is borrowed from the row or the COPY data
+/// and copied once, into the row's buffer.
+fn decode<'a, F: ClaimFields<'a>>(fields: &F) -> Result<ClaimedRow, F::Error> {
+    let texts: TextColumns<'a> = [
+        Some(fields.required_text(2)?),
+        Some(fields.required_text(3)?),
+        Some(fields.required_text(4)?),
+        Some(fields.required_text(5)?),
+        Some(fields.required_text(6)?),
+        Some(fields.required_text(7)?),
+        fields.text(8)?,
+        fields.text(9)?,
+        fields.text(10)?,
     ];
     Ok(ClaimedRow::new(
-        tuple.int8(0)?,
-        tuple.uuid(1)?,
+        fields.int8(0)?,
+        fields.uuid(1)?,
         texts,
-        tuple.int4(11)?,
-        tuple.interval_seconds(12)?,
+        fields.int4(11)?,
+        fields.seconds(12)?,
     ))
 }
 
@@ -355,7 +391,10 @@ impl Claimer {
             .bind(in_flight)
             .fetch_all(&self.pool)
             .await?;
-        let rows = rows.iter().map(decode_row).collect::<Result<_, _>>()?;
+        let rows = rows
+            .iter()
+            .map(|row| decode(&row))
+            .collect::<Result<_, _>>()?;
         Ok(Claimed {
             rows,
             started,
@@ -380,11 +419,16 @@ impl Claimer {
             self.limit,
             in_flight,
         );
-        let mut chunks = self.pool.copy_out_raw(&statement).await?;
-        let mut data = Vec::new();
-        while let Some(chunk) = chunks.next().await {
-            data.extend_from_slice(&chunk?);
-        }
+        // The data arrives in many CopyData messages; they are joined once,
+        // at their exact total size, instead of growing a buffer through
+        // repeated reallocation.
+        let chunks: Vec<_> = self
+            .pool
+            .copy_out_raw(&statement)
+            .await?
+            .try_collect()
+            .await?;
+        let data = chunks.concat();
         let rows = decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         Ok(Claimed {
             rows,
