@@ -57,6 +57,23 @@ impl DatabaseOnlyDrain {
         }
     }
 
+    /// The `seq`s the relay's two claim forms return for the next batch
+    /// while `in_flight` are in flight, without claiming anything: the fresh
+    /// claim's (a `SELECT`, the in-flight rows left out by a hashed lookup)
+    /// and the claim ahead's (a `COPY`, which skips runs of in-flight rows by
+    /// range). A test compares them: both forms must return the same rows.
+    pub async fn both_claim_forms(
+        &self,
+        in_flight: &[i64],
+    ) -> Result<(Vec<i64>, Vec<i64>), sqlx::Error> {
+        let seqs = |claimed: super::claim::Claimed| -> Vec<i64> {
+            claimed.rows.iter().map(|row| row.seq).collect()
+        };
+        let fresh = self.claimer.claim(&self.shards, in_flight).await?;
+        let ahead = self.claimer.claim_ahead(&self.shards, in_flight).await?;
+        Ok((seqs(fresh), seqs(ahead)))
+    }
+
     /// Claims and deletes the next batch; `None` once nothing is pending.
     pub async fn next_batch(&self) -> Result<Option<DrainedBatch>, sqlx::Error> {
         let claimed = self.claimer.claim_ahead(&self.shards, &[]).await?;

@@ -11,6 +11,7 @@ mod lease;
 mod outcome;
 mod prefetch;
 mod produce;
+mod seq_runs;
 mod stats;
 mod unfinished;
 mod unrecorded;

@@ -1,5 +1,6 @@
 //! Recording what happened to a produced batch.
 
+use super::seq_runs::single_run;
 use crate::identifier::Names;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
@@ -48,7 +49,9 @@ pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Durati
 #[derive(Debug)]
 pub(crate) struct OutcomeSql {
     delete: String,
+    delete_run: String,
     mark_published: String,
+    mark_published_run: String,
     fail: String,
 }
 
@@ -57,9 +60,14 @@ impl OutcomeSql {
         let outbox = &names.outbox;
         Self {
             delete: format!("DELETE FROM {outbox} WHERE seq = ANY($1)"),
+            delete_run: format!("DELETE FROM {outbox} WHERE seq BETWEEN $1 AND $2"),
             mark_published: format!(
                 "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL
                  WHERE seq = ANY($1)"
+            ),
+            mark_published_run: format!(
+                "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL
+                 WHERE seq BETWEEN $1 AND $2"
             ),
             fail: format!(
                 "UPDATE {outbox} AS o
@@ -104,16 +112,21 @@ impl OutcomeSql {
         delivered: &[i64],
         keep_published: bool,
     ) -> Result<(), sqlx::Error> {
-        let sql = if keep_published {
-            &self.mark_published
-        } else {
-            &self.delete
+        let query = match (single_run(delivered), keep_published) {
+            // Exactly the rows of `first..=last` (`seq` is the primary key):
+            // one walk of the index instead of one lookup per row.
+            (Some((first, last)), keep) => {
+                let sql = if keep {
+                    &self.mark_published_run
+                } else {
+                    &self.delete_run
+                };
+                sqlx::query(sql).bind(first).bind(last)
+            }
+            (None, true) => sqlx::query(&self.mark_published).bind(delivered),
+            (None, false) => sqlx::query(&self.delete).bind(delivered),
         };
-        sqlx::query(sql)
-            .persistent(false)
-            .bind(delivered)
-            .execute(executor)
-            .await?;
+        query.persistent(false).execute(executor).await?;
         Ok(())
     }
 
