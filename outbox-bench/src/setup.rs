@@ -277,6 +277,8 @@ fn relay_binary() -> Result<PathBuf, BoxError> {
 }
 
 /// A relay running as its own process (examples/relay_worker, release).
+/// Its log filter is `OUTBOX_BENCH_RELAY_LOG` (default `warn`), e.g.
+/// `warn,outbox_runtime::relay::worker=debug` for per-batch phase timings.
 pub struct RelayProcess {
     child: Child,
 }
@@ -294,7 +296,10 @@ impl RelayProcess {
             .env("OUTBOX_TOPIC_PREFIX", prefix)
             .env("OUTBOX_BATCH_SIZE", batch.to_string())
             .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.05")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("OUTBOX_BENCH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
