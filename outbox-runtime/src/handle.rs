@@ -1,10 +1,11 @@
 //! The [`Outbox`] handle a service publishes through.
 
+use crate::columns::{Columns, Row};
 use crate::context::PublishContext;
 use crate::error::{ConfigError, PublishError};
 use crate::identifier::{Names, SchemaName};
 use crate::metrics::OutboxMetrics;
-use crate::publish::{Columns, EventBatch, TransactionalPublish};
+use crate::publish::{EventBatch, TransactionalPublish};
 use crate::wake::NotifyThrottle;
 use crate::OutboxEvent;
 use sqlx::postgres::PgArguments;
@@ -215,13 +216,15 @@ impl Outbox {
         }
         let span = batch.span();
         let notify = self.inner.throttle.should_notify();
-        let cols = batch.into_columns();
-        let query = if n == 1 && !notify {
-            bind_columns(sqlx::query(&self.inner.insert_one_sql), cols)
-        } else {
-            bind_columns(sqlx::query(&self.inner.insert_sql), cols)
+        let mut cols = batch.into_columns();
+        let query = match cols.take_single() {
+            Some(row) if !notify => bind_row(sqlx::query(&self.inner.insert_one_sql), row),
+            Some(row) => bind_columns(sqlx::query(&self.inner.insert_sql), row.into_columns())
                 .bind(&self.inner.names.channel)
-                .bind(notify)
+                .bind(notify),
+            None => bind_columns(sqlx::query(&self.inner.insert_sql), cols)
+                .bind(&self.inner.names.channel)
+                .bind(notify),
         };
         query
             .execute(conn)
@@ -232,8 +235,24 @@ impl Outbox {
     }
 }
 
-/// Binds a batch's columns as the nine arrays `$1`…`$9` of both insert
-/// statements.
+/// Binds one event's values as `$1`…`$9` of the single-row insert: plain
+/// values, not one-element arrays (about 0.1 ms less per transaction at
+/// 8 writers on 2 cores, docs/benchmarks.md §2).
+fn bind_row(query: Query<'_, Postgres, PgArguments>, row: Row) -> Query<'_, Postgres, PgArguments> {
+    query
+        .bind(row.id)
+        .bind(row.aggregate_type)
+        .bind(row.aggregate_id)
+        .bind(row.event_type)
+        .bind(row.version)
+        .bind(row.topic)
+        .bind(row.key)
+        .bind(row.data)
+        .bind(row.headers)
+}
+
+/// Binds a batch's columns as the nine arrays `$1`…`$9` of the batch
+/// insert.
 fn bind_columns(
     query: Query<'_, Postgres, PgArguments>,
     cols: Columns,
@@ -320,9 +339,8 @@ impl OutboxBuilder {
         let insert_one_sql = format!(
             "INSERT INTO {outbox}
                  (id, aggregate_type, aggregate_id, event_type, event_version, topic, event_key, event_data, headers)
-             VALUES (($1::uuid[])[1], ($2::text[])[1], ($3::text[])[1], ($4::text[])[1],
-                     ($5::int4[])[1], ($6::text[])[1], ($7::text[])[1],
-                     ($8::text[])[1]::json, ($9::text[])[1]::jsonb)",
+             VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::int4, $6::text, $7::text,
+                     $8::text::json, $9::text::jsonb)",
             outbox = names.outbox
         );
         Outbox {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod asyncapi;
+mod columns;
 pub mod consume;
 pub mod context;
 pub mod envelope;

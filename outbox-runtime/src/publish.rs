@@ -1,5 +1,6 @@
 //! The `transactional_publish` guard and event batches.
 
+use crate::columns::Columns;
 use crate::context::ResolvedContext;
 use crate::envelope::{Envelope, EnvelopeMetadata};
 use crate::error::PublishError;
@@ -37,19 +38,6 @@ pub struct EventBatch {
     context: ResolvedContext,
     headers: String,
     cols: Columns,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Columns {
-    pub ids: Vec<Uuid>,
-    pub aggregate_types: Vec<&'static str>,
-    pub aggregate_ids: Vec<String>,
-    pub event_types: Vec<&'static str>,
-    pub versions: Vec<i32>,
-    pub topics: Vec<&'static str>,
-    pub keys: Vec<String>,
-    pub data: Vec<String>,
-    pub headers: Vec<String>,
 }
 
 #[derive(Serialize)]
