@@ -63,23 +63,6 @@ pub(crate) struct Row {
     pub headers: String,
 }
 
-impl Row {
-    /// The row as the columns of a batch of one.
-    pub(crate) fn into_columns(self) -> Columns {
-        Columns {
-            ids: vec![self.id],
-            aggregate_types: vec![self.aggregate_type],
-            aggregate_ids: vec![self.aggregate_id],
-            event_types: vec![self.event_type],
-            versions: vec![self.version],
-            topics: vec![self.topic],
-            keys: vec![self.key],
-            data: vec![self.data],
-            headers: vec![self.headers],
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,24 +82,30 @@ mod tests {
     }
 
     fn push(cols: &mut Columns, row: Row) {
-        let one = row.into_columns();
-        cols.ids.extend(one.ids);
-        cols.aggregate_types.extend(one.aggregate_types);
-        cols.aggregate_ids.extend(one.aggregate_ids);
-        cols.event_types.extend(one.event_types);
-        cols.versions.extend(one.versions);
-        cols.topics.extend(one.topics);
-        cols.keys.extend(one.keys);
-        cols.data.extend(one.data);
-        cols.headers.extend(one.headers);
+        cols.ids.push(row.id);
+        cols.aggregate_types.push(row.aggregate_type);
+        cols.aggregate_ids.push(row.aggregate_id);
+        cols.event_types.push(row.event_type);
+        cols.versions.push(row.version);
+        cols.topics.push(row.topic);
+        cols.keys.push(row.key);
+        cols.data.push(row.data);
+        cols.headers.push(row.headers);
+    }
+
+    /// The columns of a batch of one.
+    fn one(row: Row) -> Columns {
+        let mut cols = Columns::default();
+        push(&mut cols, row);
+        cols
     }
 
     #[test]
     fn a_batch_of_one_gives_its_row_and_round_trips() {
-        let mut cols = row(7).into_columns();
+        let mut cols = one(row(7));
         assert_eq!(cols.take_single(), Some(row(7)));
         assert!(cols.ids.is_empty() && cols.headers.is_empty());
-        assert_eq!(row(7).into_columns().take_single(), Some(row(7)));
+        assert_eq!(one(row(7)).take_single(), Some(row(7)));
     }
 
     #[test]

@@ -217,11 +217,11 @@ impl Outbox {
         let span = batch.span();
         let notify = self.inner.throttle.should_notify();
         let mut cols = batch.into_columns();
-        let query = match cols.take_single() {
-            Some(row) if !notify => bind_row(sqlx::query(&self.inner.insert_one_sql), row),
-            Some(row) => bind_columns(sqlx::query(&self.inner.insert_sql), row.into_columns())
-                .bind(&self.inner.names.channel)
-                .bind(notify),
+        // The NOTIFY rides on the batch insert; only an event without one
+        // takes the single-row insert.
+        let single = if notify { None } else { cols.take_single() };
+        let query = match single {
+            Some(row) => bind_row(sqlx::query(&self.inner.insert_one_sql), row),
             None => bind_columns(sqlx::query(&self.inner.insert_sql), cols)
                 .bind(&self.inner.names.channel)
                 .bind(notify),

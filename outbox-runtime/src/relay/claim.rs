@@ -228,8 +228,8 @@ const MAX_SKIPPED_RUNS: usize = 2;
 /// (below the first run, between runs, above the last), each an ordered
 /// index scan between its bounds, merged in `seq` order. The ranges hold
 /// exactly the `seq`s not in flight, so it returns the same rows as the
-/// hashed form (`claim_ahead_skips_in_flight_runs_by_range` in
-/// `tests/relay_claim.rs` compares the two).
+/// hashed form (`tests/relay_claim.rs` compares the two on a real
+/// Postgres).
 fn copy_statement(
     outbox: &str,
     shard_mask: i64,
@@ -242,27 +242,32 @@ fn copy_statement(
     let branch =
         |seq_filter: &str| claim_select(outbox, &shard_mask, dead_blocks, &limit, seq_filter);
     let runs = seq_runs::runs(in_flight);
-    let select = match (runs.first(), runs.last()) {
-        (Some(&(first, _)), Some(&(_, last))) if runs.len() <= MAX_SKIPPED_RUNS => {
-            let below = format!("o.seq < {first}");
-            let between = runs
-                .windows(2)
-                .map(|pair| format!("o.seq > {} AND o.seq < {}", pair[0].1, pair[1].0));
-            let above = format!("o.seq > {last}");
-            let branches: Vec<String> = std::iter::once(below)
-                .chain(between)
-                .chain(std::iter::once(above))
-                .map(|range| format!("({})", branch(&range)))
-                .collect();
-            format!(
-                "SELECT * FROM ({}) AS claim ORDER BY seq LIMIT {limit}",
-                branches.join(" UNION ALL ")
-            )
-        }
-        (Some(_), _) => branch(&not_in_list(in_flight)),
-        (None, _) => branch("true"),
+    let select = if runs.is_empty() {
+        branch("true")
+    } else if runs.len() <= MAX_SKIPPED_RUNS {
+        let branches: Vec<String> = ranges_around(&runs)
+            .iter()
+            .map(|range| format!("({})", branch(range)))
+            .collect();
+        format!(
+            "SELECT * FROM ({}) AS claim ORDER BY seq LIMIT {limit}",
+            branches.join(" UNION ALL ")
+        )
+    } else {
+        branch(&not_in_list(in_flight))
     };
     format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+}
+
+/// The `seq` ranges around `runs` (ascending, as `seq_runs::runs` gives
+/// them): below the first, between each two, above the last.
+fn ranges_around(runs: &[(i64, i64)]) -> Vec<String> {
+    let below = runs.first().map(|&(first, _)| format!("o.seq < {first}"));
+    let between = runs
+        .windows(2)
+        .map(|pair| format!("o.seq > {} AND o.seq < {}", pair[0].1, pair[1].0));
+    let above = runs.last().map(|&(_, last)| format!("o.seq > {last}"));
+    below.into_iter().chain(between).chain(above).collect()
 }
 
 /// `o.seq NOT IN (…)` over a literal array of `seqs`.

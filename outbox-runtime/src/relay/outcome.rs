@@ -3,7 +3,9 @@
 use super::seq_runs::single_run;
 use crate::identifier::Names;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sqlx::PgPool;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgPool, Postgres};
 use std::time::Duration;
 
 /// How one row's attempt failed.
@@ -44,14 +46,41 @@ pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Durati
         .min(max + max / 2)
 }
 
+/// One marking statement over a set of `seq`s, in its two forms.
+#[derive(Debug)]
+struct BySeq {
+    /// `$1` the `seq`s, one index lookup each.
+    list: String,
+    /// `$1`, `$2` the bounds of one run: one walk of the index.
+    run: String,
+}
+
+impl BySeq {
+    /// `statement` (without `WHERE`) over a list of `seq`s or a run.
+    fn new(statement: &str) -> Self {
+        Self {
+            list: format!("{statement} WHERE seq = ANY($1)"),
+            run: format!("{statement} WHERE seq BETWEEN $1 AND $2"),
+        }
+    }
+
+    /// The statement for `seqs`: by range when they are exactly
+    /// `first..=last` (`seq` is the primary key, so the range holds exactly
+    /// these rows), by list otherwise.
+    fn query<'q>(&'q self, seqs: &'q [i64]) -> Query<'q, Postgres, PgArguments> {
+        match single_run(seqs) {
+            Some((first, last)) => sqlx::query(&self.run).bind(first).bind(last),
+            None => sqlx::query(&self.list).bind(seqs),
+        }
+    }
+}
+
 /// Marking statements. Like the claim, they are planned at each execution,
 /// never as a cached generic plan (see `claim_select`).
 #[derive(Debug)]
 pub(crate) struct OutcomeSql {
-    delete: String,
-    delete_run: String,
-    mark_published: String,
-    mark_published_run: String,
+    delete: BySeq,
+    mark_published: BySeq,
     fail: String,
 }
 
@@ -59,16 +88,10 @@ impl OutcomeSql {
     pub(crate) fn new(names: &Names) -> Self {
         let outbox = &names.outbox;
         Self {
-            delete: format!("DELETE FROM {outbox} WHERE seq = ANY($1)"),
-            delete_run: format!("DELETE FROM {outbox} WHERE seq BETWEEN $1 AND $2"),
-            mark_published: format!(
-                "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL
-                 WHERE seq = ANY($1)"
-            ),
-            mark_published_run: format!(
-                "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL
-                 WHERE seq BETWEEN $1 AND $2"
-            ),
+            delete: BySeq::new(&format!("DELETE FROM {outbox}")),
+            mark_published: BySeq::new(&format!(
+                "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL"
+            )),
             fail: format!(
                 "UPDATE {outbox} AS o
                  SET retry_count = o.retry_count + f.inc,
@@ -112,21 +135,16 @@ impl OutcomeSql {
         delivered: &[i64],
         keep_published: bool,
     ) -> Result<(), sqlx::Error> {
-        let query = match (single_run(delivered), keep_published) {
-            // Exactly the rows of `first..=last` (`seq` is the primary key):
-            // one walk of the index instead of one lookup per row.
-            (Some((first, last)), keep) => {
-                let sql = if keep {
-                    &self.mark_published_run
-                } else {
-                    &self.delete_run
-                };
-                sqlx::query(sql).bind(first).bind(last)
-            }
-            (None, true) => sqlx::query(&self.mark_published).bind(delivered),
-            (None, false) => sqlx::query(&self.delete).bind(delivered),
+        let marking = if keep_published {
+            &self.mark_published
+        } else {
+            &self.delete
         };
-        query.persistent(false).execute(executor).await?;
+        marking
+            .query(delivered)
+            .persistent(false)
+            .execute(executor)
+            .await?;
         Ok(())
     }
 
