@@ -87,7 +87,7 @@ async fn claim_ahead_skips_in_flight_runs_by_range_and_returns_what_the_fresh_cl
 async fn marking_a_batch_deletes_exactly_its_rows_as_a_run_or_not() {
     let db = support::TestDatabase::create("relay_claim_marking").await;
     outbox_with_holes_and_held_back_aggregates(&db.pool).await;
-    let drain = DatabaseOnlyDrain::new(db.pool.clone(), 3);
+    let mut drain = DatabaseOnlyDrain::new(db.pool.clone(), 3);
     // 1, 2, 3: one run, deleted by range.
     let batch = drain.next_batch().await.unwrap().unwrap();
     assert_eq!(batch.rows, 3);

@@ -231,7 +231,7 @@ async fn raw_produce(env: &Env, rows: &[RawMessage], label: &str) -> Result<Dura
 async fn postgres_only_drain(env: &Env, n: i64, report: &mut Report) -> Result<f64, BoxError> {
     let db = BenchDb::create(env, "pgonly").await?;
     load_backlog(&db.pool, n, 1_000).await?;
-    let drain = DatabaseOnlyDrain::new(db.pool.clone(), RELAY_BATCH);
+    let mut drain = DatabaseOnlyDrain::new(db.pool.clone(), RELAY_BATCH);
     let started = Instant::now();
     let (mut claiming, mut deleting) = (Duration::ZERO, Duration::ZERO);
     while let Some(batch) = drain.next_batch().await? {

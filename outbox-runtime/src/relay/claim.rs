@@ -2,6 +2,7 @@
 
 use super::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
+use super::floor::NO_FLOOR;
 use super::seq_runs;
 use crate::identifier::Names;
 use futures::TryStreamExt;
@@ -198,14 +199,15 @@ fn claim_select(
 }
 
 /// The claim as a statement with bind parameters: `$1` the shard mask,
-/// `$2` whether dead rows block, `$3` the limit, `$4` the excluded `seq`s.
+/// `$2` whether dead rows block, `$3` the limit, `$4` the excluded `seq`s,
+/// `$5` the claim floor (`floor.rs`; `i64::MIN` for none).
 fn select_statement(outbox: &str) -> String {
     claim_select(
         outbox,
         "$1",
         "$2",
         "$3",
-        "o.seq NOT IN (SELECT unnest($4::int8[]))",
+        "o.seq >= $5 AND o.seq NOT IN (SELECT unnest($4::int8[]))",
     )
 }
 
@@ -230,22 +232,27 @@ const MAX_SKIPPED_RUNS: usize = 2;
 /// exactly the `seq`s not in flight, so it returns the same rows as the
 /// hashed form (`tests/relay_claim.rs` compares the two on a real
 /// Postgres).
+///
+/// `floor` (see `floor.rs`) bounds the branch below the first run, or the
+/// whole claim without runs; nothing when it is `NO_FLOOR`.
 fn copy_statement(
     outbox: &str,
     shard_mask: i64,
     dead_blocks: bool,
     limit: usize,
     in_flight: &[i64],
+    floor: i64,
 ) -> String {
     let (shard_mask, limit) = (shard_mask.to_string(), limit.to_string());
     let dead_blocks = if dead_blocks { "true" } else { "false" };
     let branch =
         |seq_filter: &str| claim_select(outbox, &shard_mask, dead_blocks, &limit, seq_filter);
+    let from_floor = (floor != NO_FLOOR).then(|| format!("o.seq >= {floor}"));
     let runs = seq_runs::runs(in_flight);
     let select = if runs.is_empty() {
-        branch("true")
+        branch(from_floor.as_deref().unwrap_or("true"))
     } else if runs.len() <= MAX_SKIPPED_RUNS {
-        let branches: Vec<String> = ranges_around(&runs)
+        let branches: Vec<String> = ranges_around(&runs, from_floor.as_deref())
             .iter()
             .map(|range| format!("({})", branch(range)))
             .collect();
@@ -254,15 +261,23 @@ fn copy_statement(
             branches.join(" UNION ALL ")
         )
     } else {
-        branch(&not_in_list(in_flight))
+        let not_in = not_in_list(in_flight);
+        match from_floor {
+            Some(from_floor) => branch(&format!("{from_floor} AND {not_in}")),
+            None => branch(&not_in),
+        }
     };
     format!("COPY ({select}) TO STDOUT (FORMAT binary)")
 }
 
 /// The `seq` ranges around `runs` (ascending, as `seq_runs::runs` gives
-/// them): below the first, between each two, above the last.
-fn ranges_around(runs: &[(i64, i64)]) -> Vec<String> {
-    let below = runs.first().map(|&(first, _)| format!("o.seq < {first}"));
+/// them): below the first (from `from_floor` when given), between each two,
+/// above the last.
+fn ranges_around(runs: &[(i64, i64)], from_floor: Option<&str>) -> Vec<String> {
+    let below = runs.first().map(|&(first, _)| match from_floor {
+        Some(from_floor) => format!("{from_floor} AND o.seq < {first}"),
+        None => format!("o.seq < {first}"),
+    });
     let between = runs
         .windows(2)
         .map(|pair| format!("o.seq > {} AND o.seq < {}", pair[0].1, pair[1].0));
@@ -434,6 +449,7 @@ impl Claimer {
         &self,
         shards: &[i16],
         in_flight: &[i64],
+        floor: i64,
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
         let rows = sqlx::query(&self.select)
@@ -442,6 +458,7 @@ impl Claimer {
             .bind(self.dead_blocks)
             .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))
             .bind(in_flight)
+            .bind(floor)
             .fetch_all(&self.pool)
             .await?;
         let rows = rows
@@ -463,6 +480,7 @@ impl Claimer {
         &self,
         shards: &[i16],
         in_flight: &[i64],
+        floor: i64,
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
         let statement = copy_statement(
@@ -471,6 +489,7 @@ impl Claimer {
             self.dead_blocks,
             self.limit,
             in_flight,
+            floor,
         );
         // The data arrives in many CopyData messages; they are joined once,
         // at their exact total size, instead of growing a buffer through
@@ -547,18 +566,30 @@ pub(crate) mod tests {
         assert!(sql.contains("b.state = 'dead' AND $2"), "{sql}");
         assert!(sql.contains("LIMIT $3"), "{sql}");
         assert!(sql.contains("unnest($4::int8[])"), "{sql}");
+        assert!(sql.contains("o.seq >= $5 AND"), "{sql}");
+    }
+
+    #[test]
+    fn a_floor_bounds_only_what_lies_below_the_runs_in_flight() {
+        let none = copy_statement("event_outbox", -1, true, 100, &[], 40);
+        assert!(none.contains("AND o.seq >= 40\n"), "{none}");
+        let ranges = copy_statement("event_outbox", -1, true, 100, &[50, 51], 40);
+        assert!(ranges.contains("o.seq >= 40 AND o.seq < 50\n"), "{ranges}");
+        assert!(ranges.contains("AND o.seq > 51\n"), "{ranges}");
+        let hashed = copy_statement("event_outbox", -1, true, 100, &[50, 52, 54], 40);
+        assert!(hashed.contains("o.seq >= 40 AND o.seq NOT IN"), "{hashed}");
     }
 
     #[test]
     fn the_claim_ahead_writes_only_numbers_into_the_copy() {
-        let sql = copy_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5]);
+        let sql = copy_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5], NO_FLOOR);
         assert!(sql.starts_with("COPY ("), "{sql}");
         assert!(sql.ends_with(") TO STDOUT (FORMAT binary)"), "{sql}");
         assert!(sql.contains("FROM \"s\".event_outbox o"), "{sql}");
         assert!(sql.contains("& (-1)::int8"), "{sql}");
         assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
         assert!(sql.contains("LIMIT 500"), "{sql}");
-        let none = copy_statement("event_outbox", 5, false, 1, &[]);
+        let none = copy_statement("event_outbox", 5, false, 1, &[], NO_FLOOR);
         assert!(none.contains("AND true\n"), "{none}");
         assert!(!none.contains("UNION ALL"), "{none}");
         assert!(none.contains("b.state = 'dead' AND false"), "{none}");
@@ -566,14 +597,14 @@ pub(crate) mod tests {
 
     #[test]
     fn the_claim_ahead_skips_up_to_two_runs_in_flight_by_range() {
-        let one = copy_statement("event_outbox", -1, true, 100, &[12, 10, 11]);
+        let one = copy_statement("event_outbox", -1, true, 100, &[12, 10, 11], NO_FLOOR);
         assert!(one.contains("AND o.seq < 10\n"), "{one}");
         assert!(one.contains("AND o.seq > 12\n"), "{one}");
         assert_eq!(one.matches("UNION ALL").count(), 1, "{one}");
         assert!(one.contains(") AS claim ORDER BY seq LIMIT 100)"), "{one}");
         assert!(!one.contains("NOT IN"), "{one}");
 
-        let two = copy_statement("event_outbox", -1, true, 100, &[3, 4, 8, 9]);
+        let two = copy_statement("event_outbox", -1, true, 100, &[3, 4, 8, 9], NO_FLOOR);
         assert!(two.contains("o.seq < 3\n"), "{two}");
         assert!(two.contains("o.seq > 4 AND o.seq < 8\n"), "{two}");
         assert!(two.contains("o.seq > 9\n"), "{two}");
@@ -582,7 +613,7 @@ pub(crate) mod tests {
 
     #[test]
     fn more_runs_in_flight_fall_back_to_the_hashed_exclusion() {
-        let sql = copy_statement("event_outbox", -1, true, 100, &[3, -4, 5]);
+        let sql = copy_statement("event_outbox", -1, true, 100, &[3, -4, 5], NO_FLOOR);
         assert!(
             sql.contains("o.seq NOT IN (SELECT unnest('{3,-4,5}'::int8[]))"),
             "{sql}"

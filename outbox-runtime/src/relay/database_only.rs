@@ -4,7 +4,8 @@
 //! `outbox-bench` measures it as the Postgres-only baseline of
 //! `relay_vs_raw_produce`. Not a public API: it changes without notice.
 
-use super::claim::Claimer;
+use super::claim::{shard_mask, Claimer};
+use super::floor::ClaimFloor;
 use super::lease::SHARDS;
 use super::outcome::OutcomeSql;
 use crate::identifier::Names;
@@ -23,13 +24,15 @@ pub struct DrainedBatch {
 }
 
 /// Drains `event_outbox` (default schema) in batches, as a relay holding
-/// every shard would, without producing anything.
+/// every shard would, without producing anything. Its claims start at the
+/// relay's claim floor (see [`advance_floor`](Self::advance_floor)), moved
+/// after each batch at most every 50 ms, as the relay moves it.
 ///
 /// ```no_run
 /// # async fn drain(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
 /// use outbox_runtime::relay::database_only::DatabaseOnlyDrain;
 ///
-/// let drain = DatabaseOnlyDrain::new(pool, 1_000);
+/// let mut drain = DatabaseOnlyDrain::new(pool, 1_000);
 /// while let Some(batch) = drain.next_batch().await? {
 ///     println!("{} rows: claim {:?}, delete {:?}", batch.rows, batch.claim, batch.delete);
 /// }
@@ -42,6 +45,7 @@ pub struct DatabaseOnlyDrain {
     claimer: Claimer,
     outcome: OutcomeSql,
     shards: Vec<i16>,
+    floor: ClaimFloor,
 }
 
 impl DatabaseOnlyDrain {
@@ -50,6 +54,7 @@ impl DatabaseOnlyDrain {
     pub fn new(pool: PgPool, batch_size: usize) -> Self {
         let names = Names::new(None);
         Self {
+            floor: ClaimFloor::new(&names),
             claimer: Claimer::new(pool.clone(), &names, true, batch_size),
             outcome: OutcomeSql::new(&names),
             shards: (0..SHARDS).filter_map(|s| i16::try_from(s).ok()).collect(),
@@ -69,20 +74,43 @@ impl DatabaseOnlyDrain {
         let seqs = |claimed: super::claim::Claimed| -> Vec<i64> {
             claimed.rows.iter().map(|row| row.seq).collect()
         };
-        let fresh = self.claimer.claim(&self.shards, in_flight).await?;
-        let ahead = self.claimer.claim_ahead(&self.shards, in_flight).await?;
+        let floor = self.floor();
+        let fresh = self.claimer.claim(&self.shards, in_flight, floor).await?;
+        let ahead = self
+            .claimer
+            .claim_ahead(&self.shards, in_flight, floor)
+            .await?;
         Ok((seqs(fresh), seqs(ahead)))
     }
 
+    /// Where the next claim starts: no row below it is pending, or can
+    /// become pending (`i64::MIN` for the start of the index).
+    pub fn floor(&self) -> i64 {
+        self.floor.get(shard_mask(&self.shards))
+    }
+
+    /// Moves the claim floor up as far as the database allows now, as the
+    /// relay does between batches; returns it.
+    pub async fn advance_floor(&mut self) -> Result<i64, sqlx::Error> {
+        let mask = shard_mask(&self.shards);
+        self.floor.advance(&self.pool, mask, None).await
+    }
+
     /// Claims and deletes the next batch; `None` once nothing is pending.
-    pub async fn next_batch(&self) -> Result<Option<DrainedBatch>, sqlx::Error> {
-        let claimed = self.claimer.claim_ahead(&self.shards, &[]).await?;
+    pub async fn next_batch(&mut self) -> Result<Option<DrainedBatch>, sqlx::Error> {
+        let claimed = self
+            .claimer
+            .claim_ahead(&self.shards, &[], self.floor())
+            .await?;
         if claimed.rows.is_empty() {
             return Ok(None);
         }
         let seqs: Vec<i64> = claimed.rows.iter().map(|row| row.seq).collect();
         let started = Instant::now();
         self.outcome.record(&self.pool, &seqs, false, &[]).await?;
+        if self.floor.due() {
+            self.advance_floor().await?;
+        }
         Ok(Some(DrainedBatch {
             rows: seqs.len(),
             claim: claimed.took,

@@ -7,6 +7,8 @@ mod copy_binary;
 #[doc(hidden)]
 pub mod database_only;
 mod envelope_shape;
+mod floor;
+mod horizon;
 mod lease;
 mod outcome;
 mod prefetch;

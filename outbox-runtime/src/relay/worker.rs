@@ -1,7 +1,8 @@
 //! The relay loop: maintain leases, claim, produce, record, wait.
 
-use super::claim::{Claimed, ClaimedRow, Claimer};
+use super::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
+use super::floor::ClaimFloor;
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
 use super::prefetch::Prefetched;
@@ -61,6 +62,9 @@ pub(crate) struct Worker {
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
+    /// Where claims start in the pending index; `None` only while it is
+    /// being advanced.
+    floor: Option<ClaimFloor>,
 }
 
 struct BatchResult {
@@ -117,6 +121,7 @@ impl Worker {
                 config.batch_size,
             ),
             outcome_sql: OutcomeSql::new(&names),
+            floor: Some(ClaimFloor::new(&names)),
             retention_sql: format!(
                 "DELETE FROM {o} WHERE seq IN (
                      SELECT seq FROM {o} WHERE state = 'published'
@@ -392,7 +397,10 @@ impl Worker {
                     self.flush_unrecorded().await;
                 }
                 let unrecorded = self.unrecorded_seqs(&[]);
-                self.claimer.claim(self.leases.owned(), &unrecorded).await?
+                let floor = self.claim_floor();
+                self.claimer
+                    .claim(self.leases.owned(), &unrecorded, floor)
+                    .await?
             }
         };
         if batch.rows.is_empty() {
@@ -412,6 +420,14 @@ impl Worker {
         self.deliver(batch).instrument(span).await
     }
 
+    /// Where a claim of the owned shards starts (see `floor.rs`).
+    fn claim_floor(&self) -> i64 {
+        let mask = shard_mask(self.leases.owned());
+        self.floor
+            .as_ref()
+            .map_or(super::floor::NO_FLOOR, |floor| floor.get(mask))
+    }
+
     /// `rows` and the rows of the batch whose outcome is not written yet:
     /// both are still `pending`, and no claim may return them.
     fn unrecorded_seqs(&self, rows: &[ClaimedRow]) -> Vec<i64> {
@@ -426,8 +442,9 @@ impl Worker {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
+        let floor = self.claim_floor();
         tokio::spawn(async move {
-            let batch = claimer.claim_ahead(&shards, &in_flight).await?;
+            let batch = claimer.claim_ahead(&shards, &in_flight, floor).await?;
             Ok(Prefetched::new(batch, shards))
         })
     }
@@ -456,6 +473,14 @@ impl Worker {
             .as_ref()
             .map(|p| p.unfinished().clone())
             .unwrap_or_default();
+        // In a backlog, once the previous outcome is written, the floor
+        // moves up to this batch (the only rows in flight then, besides the
+        // claim ahead's, which are still pending).
+        let mut floor = self
+            .floor
+            .take_if(|floor| claiming.is_some() && floor.due());
+        let first_in_flight = rows.iter().map(|row| row.seq).min();
+        let mask = shard_mask(self.leases.owned());
         let produce_started = Instant::now();
         let ((outcomes, produce_took), previous_recorded) = tokio::join!(
             async {
@@ -464,12 +489,21 @@ impl Worker {
                 (outcomes, produce_started.elapsed())
             },
             async {
-                match previous {
+                let recorded = match previous {
                     Some(previous) => self.record(previous).await.map(Some),
                     None => Ok(None),
+                };
+                if let (Ok(_), Some(floor)) = (&recorded, floor.as_mut()) {
+                    if let Err(error) = floor.advance(&self.pool, mask, first_in_flight).await {
+                        tracing::debug!(%error, "outbox relay could not move its claim floor");
+                    }
                 }
+                recorded
             }
         );
+        if floor.is_some() {
+            self.floor = floor;
+        }
         let current = Unrecorded::new(
             rows,
             outcomes,

@@ -1,0 +1,265 @@
+//! The claim floor: a `seq` below which this relay has nothing to claim, so
+//! its claims start their index scan there.
+//!
+//! Delivered rows are deleted (or leave the pending index as `published`),
+//! but their entries stay in the pending index, marked dead, until vacuum
+//! removes them. A claim that reads the index from its start steps over
+//! every one: about 5 ns each, so several milliseconds per claim late in a
+//! drain of a million rows, where autovacuum (once a minute at most) has
+//! not run yet. Starting at the floor skips them.
+//!
+//! **The invariant.** No row of the floor's shards below the floor is
+//! pending, and none can become pending later. It holds because the floor
+//! is only ever set to the lowest of
+//! - the first row in flight (claimed, outcome not yet written);
+//! - the first pending row the database shows between the old floor and
+//!   that row (rows left pending by a failure, held back behind one, not
+//!   yet due, or committed since the last claim);
+//! - the first dead row (an operator may send it again: it becomes pending
+//!   with its old `seq`);
+//! - one past the highest final `seq` (see `horizon.rs`): no transaction
+//!   still open can commit a row at or below it. The pending rows are read
+//!   in a statement that starts after the reading that made it final.
+//!
+//! Rows do not become pending otherwise: a row leaves `pending` only by
+//! being delivered, dying or being released. The floor belongs to one set of
+//! shards; another set starts from no floor. It is also dropped every
+//! [`RESET_EVERY`], so a claim from the start of the index finds whatever an
+//! operator did by hand (an `UPDATE` back to `pending`).
+//!
+//! Without a usable sequence (a cache, a negative increment, no privilege
+//! to read it) there is no floor: claims read from the start, as without
+//! this module.
+
+use super::horizon::{Horizon, Reading};
+use crate::identifier::Names;
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The floor is recomputed at most this often while a backlog drains.
+const ADVANCE_EVERY: Duration = Duration::from_millis(50);
+
+/// How often the floor is dropped, whatever it is.
+const RESET_EVERY: Duration = Duration::from_secs(60);
+
+/// No floor: a claim from the start of the index.
+pub(crate) const NO_FLOOR: i64 = i64::MIN;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sequence {
+    /// Not looked up yet.
+    Unknown,
+    /// The identity sequence of `seq`, by `oid`.
+    Usable(i64),
+    /// No floor for this relay (reason logged once).
+    Unusable,
+}
+
+/// The floor, and what it needs to move.
+#[derive(Debug)]
+pub(crate) struct ClaimFloor {
+    lookup_sql: Arc<str>,
+    advance_sql: Arc<str>,
+    outbox: Arc<str>,
+    sequence: Sequence,
+    horizon: Horizon,
+    floor: i64,
+    /// The shards `floor` is for, as a mask (`claim::shard_mask`).
+    mask: i64,
+    next_advance: Instant,
+    reset_at: Instant,
+}
+
+impl ClaimFloor {
+    pub(crate) fn new(names: &Names) -> Self {
+        let outbox = names.outbox.as_str();
+        Self {
+            lookup_sql: "SELECT s.seqrelid::int8 AS oid, s.seqcache, s.seqincrement
+                 FROM pg_sequence s
+                 WHERE s.seqrelid = pg_get_serial_sequence($1, 'seq')::regclass"
+                .into(),
+            advance_sql: advance_statement(outbox).into(),
+            outbox: outbox.into(),
+            sequence: Sequence::Unknown,
+            horizon: Horizon::default(),
+            floor: NO_FLOOR,
+            mask: 0,
+            next_advance: Instant::now(),
+            reset_at: Instant::now() + RESET_EVERY,
+        }
+    }
+
+    /// Where a claim of the shards in `mask` may start.
+    pub(crate) fn get(&self, mask: i64) -> i64 {
+        if mask == self.mask {
+            self.floor
+        } else {
+            NO_FLOOR
+        }
+    }
+
+    /// Whether [`advance`](Self::advance) would do anything now.
+    pub(crate) fn due(&self) -> bool {
+        self.sequence != Sequence::Unusable && Instant::now() >= self.next_advance
+    }
+
+    /// Moves the floor of the shards in `mask` up as far as the database
+    /// allows, below `first_in_flight` (the lowest `seq` claimed and not
+    /// yet recorded, if any). The rows in flight must be the only rows of
+    /// these shards whose outcome is not written yet.
+    ///
+    /// Errors leave the floor where it was; a missing privilege or a
+    /// sequence that hands out values out of order disables it for good
+    /// (logged once).
+    pub(crate) async fn advance(
+        &mut self,
+        pool: &PgPool,
+        mask: i64,
+        first_in_flight: Option<i64>,
+    ) -> Result<i64, sqlx::Error> {
+        let now = Instant::now();
+        self.next_advance = now + ADVANCE_EVERY;
+        if mask != self.mask || now >= self.reset_at {
+            self.mask = mask;
+            self.floor = NO_FLOOR;
+            self.reset_at = now + RESET_EVERY;
+        }
+        let oid = match self.sequence {
+            Sequence::Usable(oid) => oid,
+            Sequence::Unusable => return Ok(self.floor),
+            Sequence::Unknown => match self.look_up(pool).await? {
+                Some(oid) => oid,
+                None => return Ok(self.floor),
+            },
+        };
+        // Up to, not including, the first row in flight and the first `seq`
+        // not known to be final; nothing while no `seq` is known final.
+        let below = match self.horizon.final_seq() {
+            None => NO_FLOOR,
+            Some(last_final) => {
+                let past_final = last_final.saturating_add(1);
+                first_in_flight.map_or(past_final, |first| first.min(past_final))
+            }
+        };
+        let row = match sqlx::query(&self.advance_sql)
+            .persistent(false)
+            .bind(mask)
+            .bind(self.floor)
+            .bind(below)
+            .bind(oid)
+            .fetch_one(pool)
+            .await
+        {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42501") => {
+                tracing::warn!(%error, "outbox relay cannot read the outbox sequence; claims will read the pending index from its start (grant SELECT on the sequence of `seq` to the relay's role to let them skip delivered rows)");
+                self.sequence = Sequence::Unusable;
+                return Ok(self.floor);
+            }
+            Err(error) => return Err(error),
+        };
+        let pending: Option<i64> = row.try_get("pending_min")?;
+        let dead: Option<i64> = row.try_get("dead_min")?;
+        self.floor = [Some(below), pending, dead]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(below);
+        self.horizon.observe(Reading {
+            allocated: row.try_get("allocated")?,
+            read_at: row.try_get("read_at")?,
+            oldest_transaction: row.try_get("oldest")?,
+            inconclusive: row.try_get::<i64, _>("unknown")? > 0,
+        });
+        Ok(self.floor)
+    }
+
+    /// Finds the sequence behind `seq` and checks it hands out values in
+    /// order; `None` (and a log line) when it does not.
+    async fn look_up(&mut self, pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+        let found = sqlx::query(&self.lookup_sql)
+            .bind(self.outbox.as_ref())
+            .fetch_optional(pool)
+            .await?;
+        let usable = match found {
+            None => {
+                tracing::info!(table = %self.outbox, "the outbox's `seq` has no sequence; claims read the pending index from its start");
+                None
+            }
+            Some(row) => {
+                let oid: i64 = row.try_get("oid")?;
+                let cache: i64 = row.try_get("seqcache")?;
+                let increment: i64 = row.try_get("seqincrement")?;
+                if cache == 1 && increment > 0 {
+                    Some(oid)
+                } else {
+                    tracing::info!(table = %self.outbox, cache, increment, "the outbox sequence hands out values out of order (CACHE above 1 or a negative INCREMENT); claims read the pending index from its start");
+                    None
+                }
+            }
+        };
+        self.sequence = usable.map_or(Sequence::Unusable, Sequence::Usable);
+        Ok(usable)
+    }
+}
+
+/// One statement per advance: `$1` the shard mask, `$2` the current floor,
+/// `$3` the bound below which pending rows are looked for, `$4` the
+/// sequence's `oid`.
+///
+/// - `pending_min`, `dead_min`: the first pending row in `[$2, $3)` and the
+///   first dead row, of the shards (the pending index from the floor on;
+///   the small index of blocking rows).
+/// - `allocated`, `read_at`: the sequence's last value, then the clock. The
+///   sequence is read in a subquery the outer query reads from, so the
+///   clock, evaluated in the outer projection, is read after it.
+/// - `oldest`, `unknown`: the earliest transaction start among the
+///   database's sessions (autovacuum inserts no rows), and how many
+///   sessions do not show theirs, plus prepared transactions.
+fn advance_statement(outbox: &str) -> String {
+    format!(
+        "SELECT
+             (SELECT min(o.seq) FROM {outbox} o
+              WHERE o.state = 'pending' AND ((1::int8 << o.shard) & $1::int8) <> 0
+                AND o.seq >= $2::int8 AND o.seq < $3::int8) AS pending_min,
+             (SELECT min(d.seq) FROM {outbox} d
+              WHERE d.state = 'dead' AND ((1::int8 << d.shard) & $1::int8) <> 0) AS dead_min,
+             h.allocated,
+             extract(epoch FROM clock_timestamp())::float8 AS read_at,
+             extract(epoch FROM a.oldest)::float8 AS oldest,
+             a.unknown + (SELECT count(*) FROM pg_prepared_xacts x
+                          WHERE x.database = current_database()) AS unknown
+         FROM (SELECT pg_sequence_last_value($4::int8::oid::regclass) AS allocated OFFSET 0) h,
+              (SELECT min(s.xact_start) AS oldest,
+                      count(*) FILTER (WHERE s.state = 'disabled'
+                                          OR s.query = '<insufficient privilege>') AS unknown
+               FROM pg_stat_activity s
+               WHERE s.datname = current_database()
+                 AND s.backend_type IS DISTINCT FROM 'autovacuum worker') a"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advance_reads_the_clock_after_the_sequence() {
+        let sql = advance_statement("event_outbox");
+        let sequence = sql.find("pg_sequence_last_value").unwrap_or(usize::MAX);
+        let from = sql.find("FROM (SELECT pg_sequence_last_value").unwrap_or(0);
+        assert!(sequence >= from, "the sequence is read in the FROM list");
+        assert!(sql.contains("OFFSET 0) h"), "kept a subquery of its own");
+        assert!(sql.contains("o.seq >= $2::int8 AND o.seq < $3::int8"));
+    }
+
+    #[test]
+    fn a_floor_belongs_to_its_shards() {
+        let mut floor = ClaimFloor::new(&Names::new(None));
+        floor.mask = 0b11;
+        floor.floor = 40;
+        assert_eq!(floor.get(0b11), 40);
+        assert_eq!(floor.get(0b01), NO_FLOOR);
+    }
+}
