@@ -205,6 +205,7 @@ impl Worker {
                 continue;
             }
             self.sweep_retention().await;
+            self.advance_floor_while_idle().await;
             self.idle().await;
         }
         self.finish().await;
@@ -353,6 +354,22 @@ impl Worker {
         }
     }
 
+    /// Between wake-ups nothing is in flight (the last outcome is written
+    /// once a claim comes back empty), so the floor can move up to the
+    /// pending rows: the claims of a steady trickle of events then skip the
+    /// rows delivered since the last vacuum as a backlog's claims do.
+    async fn advance_floor_while_idle(&mut self) {
+        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
+            return;
+        }
+        let mask = shard_mask(self.leases.owned());
+        if let Some(floor) = self.floor.as_mut().filter(|floor| floor.due()) {
+            if let Err(error) = floor.advance(&self.pool, mask, None).await {
+                tracing::debug!(%error, "outbox relay could not move its claim floor");
+            }
+        }
+    }
+
     async fn sweep_retention(&mut self) {
         let Retention::Keep(keep) = self.config.retention else {
             return;
@@ -473,12 +490,10 @@ impl Worker {
             .as_ref()
             .map(|p| p.unfinished().clone())
             .unwrap_or_default();
-        // In a backlog, once the previous outcome is written, the floor
-        // moves up to this batch (the only rows in flight then, besides the
-        // claim ahead's, which are still pending).
-        let mut floor = self
-            .floor
-            .take_if(|floor| claiming.is_some() && floor.due());
+        // Once the previous outcome is written, the floor moves up to this
+        // batch (the only rows in flight then, besides the claim ahead's,
+        // which are still pending).
+        let mut floor = self.floor.take_if(|floor| floor.due());
         let first_in_flight = rows.iter().map(|row| row.seq).min();
         let mask = shard_mask(self.leases.owned());
         let produce_started = Instant::now();
