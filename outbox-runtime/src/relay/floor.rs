@@ -34,7 +34,6 @@
 use super::horizon::{Horizon, Reading};
 use crate::identifier::Names;
 use sqlx::{PgPool, Row};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The floor is recomputed at most this often while a backlog drains.
@@ -42,6 +41,18 @@ const ADVANCE_EVERY: Duration = Duration::from_millis(50);
 
 /// How often the floor is dropped, whatever it is.
 const RESET_EVERY: Duration = Duration::from_secs(60);
+
+/// How long after a batch an idle relay keeps moving the floor: long
+/// enough for the readings after it to become final (`horizon.rs`,
+/// `CLOCK_MARGIN`) and be used; after that nothing new lies below the
+/// pending rows, and an idle relay runs no floor statement.
+const SETTLE_AFTER_BATCH: Duration = Duration::from_secs(3);
+
+/// Finds the identity sequence of `seq` (`$1` the table) and how it hands
+/// out values.
+const LOOKUP_SEQUENCE: &str = "SELECT s.seqrelid::int8 AS oid, s.seqcache, s.seqincrement
+     FROM pg_sequence s
+     WHERE s.seqrelid = pg_get_serial_sequence($1, 'seq')::regclass";
 
 /// No floor: a claim from the start of the index.
 pub(crate) const NO_FLOOR: i64 = i64::MIN;
@@ -59,9 +70,8 @@ enum Sequence {
 /// The floor, and what it needs to move.
 #[derive(Debug)]
 pub(crate) struct ClaimFloor {
-    lookup_sql: Arc<str>,
-    advance_sql: Arc<str>,
-    outbox: Arc<str>,
+    advance_sql: String,
+    outbox: String,
     sequence: Sequence,
     horizon: Horizon,
     floor: i64,
@@ -69,17 +79,16 @@ pub(crate) struct ClaimFloor {
     mask: i64,
     next_advance: Instant,
     reset_at: Instant,
+    /// Until when an idle relay still moves the floor (see
+    /// [`SETTLE_AFTER_BATCH`]).
+    settle_until: Instant,
 }
 
 impl ClaimFloor {
     pub(crate) fn new(names: &Names) -> Self {
         let outbox = names.outbox.as_str();
         Self {
-            lookup_sql: "SELECT s.seqrelid::int8 AS oid, s.seqcache, s.seqincrement
-                 FROM pg_sequence s
-                 WHERE s.seqrelid = pg_get_serial_sequence($1, 'seq')::regclass"
-                .into(),
-            advance_sql: advance_statement(outbox).into(),
+            advance_sql: advance_statement(outbox),
             outbox: outbox.into(),
             sequence: Sequence::Unknown,
             horizon: Horizon::default(),
@@ -87,6 +96,7 @@ impl ClaimFloor {
             mask: 0,
             next_advance: Instant::now(),
             reset_at: Instant::now() + RESET_EVERY,
+            settle_until: Instant::now(),
         }
     }
 
@@ -102,6 +112,18 @@ impl ClaimFloor {
     /// Whether [`advance`](Self::advance) would do anything now.
     pub(crate) fn due(&self) -> bool {
         self.sequence != Sequence::Unusable && Instant::now() >= self.next_advance
+    }
+
+    /// Notes that a batch was claimed: rows are being delivered, so the
+    /// floor has somewhere to move for a while.
+    pub(crate) fn saw_batch(&mut self) {
+        self.settle_until = Instant::now() + SETTLE_AFTER_BATCH;
+    }
+
+    /// Whether an idle relay should move the floor now: it is due, and a
+    /// batch was claimed recently enough for it to move.
+    pub(crate) fn due_while_idle(&self) -> bool {
+        self.due() && Instant::now() < self.settle_until
     }
 
     /// Moves the floor of the shards in `mask` up as far as the database
@@ -178,8 +200,8 @@ impl ClaimFloor {
     /// Finds the sequence behind `seq` and checks it hands out values in
     /// order; `None` (and a log line) when it does not.
     async fn look_up(&mut self, pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-        let found = sqlx::query(&self.lookup_sql)
-            .bind(self.outbox.as_ref())
+        let found = sqlx::query(LOOKUP_SEQUENCE)
+            .bind(self.outbox.as_str())
             .fetch_optional(pool)
             .await?;
         let usable = match found {

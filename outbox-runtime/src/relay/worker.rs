@@ -363,10 +363,8 @@ impl Worker {
             return;
         }
         let mask = shard_mask(self.leases.owned());
-        if let Some(floor) = self.floor.as_mut().filter(|floor| floor.due()) {
-            if let Err(error) = floor.advance(&self.pool, mask, None).await {
-                tracing::debug!(%error, "outbox relay could not move its claim floor");
-            }
+        if let Some(floor) = self.floor.as_mut().filter(|floor| floor.due_while_idle()) {
+            move_floor(floor, &self.pool, mask, None).await;
         }
     }
 
@@ -493,6 +491,9 @@ impl Worker {
         // Once the previous outcome is written, the floor moves up to this
         // batch (the only rows in flight then, besides the claim ahead's,
         // which are still pending).
+        if let Some(floor) = self.floor.as_mut() {
+            floor.saw_batch();
+        }
         let mut floor = self.floor.take_if(|floor| floor.due());
         let first_in_flight = rows.iter().map(|row| row.seq).min();
         let mask = shard_mask(self.leases.owned());
@@ -509,9 +510,7 @@ impl Worker {
                     None => Ok(None),
                 };
                 if let (Ok(_), Some(floor)) = (&recorded, floor.as_mut()) {
-                    if let Err(error) = floor.advance(&self.pool, mask, first_in_flight).await {
-                        tracing::debug!(%error, "outbox relay could not move its claim floor");
-                    }
+                    move_floor(floor, &self.pool, mask, first_in_flight).await;
                 }
                 recorded
             }
@@ -679,5 +678,18 @@ impl Worker {
             delay,
             dead,
         }
+    }
+}
+
+/// Moves the claim floor (see `floor.rs`); a failure only leaves it where
+/// it was, so it is logged and the relay goes on.
+async fn move_floor(
+    floor: &mut ClaimFloor,
+    pool: &PgPool,
+    mask: i64,
+    first_in_flight: Option<i64>,
+) {
+    if let Err(error) = floor.advance(pool, mask, first_in_flight).await {
+        tracing::debug!(%error, "outbox relay could not move its claim floor");
     }
 }
