@@ -24,7 +24,21 @@ async fn insert(pool: &PgPool, rows: i32) {
     sqlx::query(INSERT).bind(rows).execute(pool).await.unwrap();
 }
 
-/// `seq`s of the rows drained until nothing is claimable.
+async fn execute(pool: &PgPool, statement: &str) {
+    sqlx::query(statement).execute(pool).await.unwrap();
+}
+
+/// A migrated database of its own with `rows` pending rows, and a drain
+/// of it in batches of 50.
+async fn outbox_with_rows(label: &str, rows: i32) -> (support::TestDatabase, DatabaseOnlyDrain) {
+    let db = support::TestDatabase::create(label).await;
+    outbox::migrate(&db.pool).await.unwrap();
+    let drain = DatabaseOnlyDrain::new(db.pool.clone(), 50);
+    insert(&db.pool, rows).await;
+    (db, drain)
+}
+
+/// How many rows were drained until nothing was claimable.
 async fn drain_all(drain: &mut DatabaseOnlyDrain, pool: &PgPool) -> usize {
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
         .fetch_one(pool)
@@ -72,10 +86,7 @@ async fn open_transaction_with_a_row(url: &str, setup: Option<&str>) -> (PgConne
 }
 
 async fn a_late_commit_stays_above_the_floor(label: &str, setup: Option<&str>) {
-    let db = support::TestDatabase::create(label).await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let mut drain = DatabaseOnlyDrain::new(db.pool.clone(), 50);
-    insert(&db.pool, 100).await;
+    let (db, mut drain) = outbox_with_rows(label, 100).await;
     let (mut open, late_seq) = open_transaction_with_a_row(&db.url, setup).await;
     insert(&db.pool, 100).await;
 
@@ -125,14 +136,12 @@ async fn the_floor_stays_at_a_row_of_a_session_that_does_not_report_its_transact
 
 #[tokio::test]
 async fn the_floor_stays_at_the_first_dead_row_so_sending_it_again_delivers_it() {
-    let db = support::TestDatabase::create("floor_dead_row").await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let mut drain = DatabaseOnlyDrain::new(db.pool.clone(), 50);
-    insert(&db.pool, 200).await;
-    sqlx::query("UPDATE event_outbox SET state = 'dead', retry_count = 5 WHERE seq = 30")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let (db, mut drain) = outbox_with_rows("floor_dead_row", 200).await;
+    execute(
+        &db.pool,
+        "UPDATE event_outbox SET state = 'dead', retry_count = 5 WHERE seq = 30",
+    )
+    .await;
     let floor = drain_and_settle(&mut drain, &db.pool).await;
     assert_eq!(floor, 30, "the first dead row holds the floor");
 
@@ -155,18 +164,14 @@ async fn the_floor_stays_at_the_first_dead_row_so_sending_it_again_delivers_it()
 
 #[tokio::test]
 async fn the_floor_stays_at_a_row_waiting_for_its_retry() {
-    let db = support::TestDatabase::create("floor_retry_row").await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let mut drain = DatabaseOnlyDrain::new(db.pool.clone(), 50);
-    insert(&db.pool, 200).await;
+    let (db, mut drain) = outbox_with_rows("floor_retry_row", 200).await;
     // Row 41 is retried in an hour; row 42 (another aggregate) is not held.
-    sqlx::query(
+    execute(
+        &db.pool,
         "UPDATE event_outbox SET retry_count = 1, next_attempt_at = now() + interval '1 hour'
          WHERE seq = 41",
     )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
     let floor = drain_and_settle(&mut drain, &db.pool).await;
     assert_eq!(floor, 41, "the row waiting for its retry holds the floor");
     let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM event_outbox ORDER BY seq")
@@ -175,10 +180,11 @@ async fn the_floor_stays_at_a_row_waiting_for_its_retry() {
         .unwrap();
     assert_eq!(left.first(), Some(&41), "{left:?}");
 
-    sqlx::query("UPDATE event_outbox SET next_attempt_at = now() WHERE seq = 41")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    execute(
+        &db.pool,
+        "UPDATE event_outbox SET next_attempt_at = now() WHERE seq = 41",
+    )
+    .await;
     assert!(
         drain_all(&mut drain, &db.pool).await >= 1,
         "the row is claimed once due"

@@ -261,11 +261,10 @@ fn copy_statement(
             branches.join(" UNION ALL ")
         )
     } else {
-        let not_in = not_in_list(in_flight);
-        match from_floor {
-            Some(from_floor) => branch(&format!("{from_floor} AND {not_in}")),
-            None => branch(&not_in),
-        }
+        branch(&from_floor_and(
+            from_floor.as_deref(),
+            not_in_list(in_flight),
+        ))
     };
     format!("COPY ({select}) TO STDOUT (FORMAT binary)")
 }
@@ -274,15 +273,22 @@ fn copy_statement(
 /// them): below the first (from `from_floor` when given), between each two,
 /// above the last.
 fn ranges_around(runs: &[(i64, i64)], from_floor: Option<&str>) -> Vec<String> {
-    let below = runs.first().map(|&(first, _)| match from_floor {
-        Some(from_floor) => format!("{from_floor} AND o.seq < {first}"),
-        None => format!("o.seq < {first}"),
-    });
+    let below = runs
+        .first()
+        .map(|&(first, _)| from_floor_and(from_floor, format!("o.seq < {first}")));
     let between = runs
         .windows(2)
         .map(|pair| format!("o.seq > {} AND o.seq < {}", pair[0].1, pair[1].0));
     let above = runs.last().map(|&(_, last)| format!("o.seq > {last}"));
     below.into_iter().chain(between).chain(above).collect()
+}
+
+/// `filter`, bounded below by `from_floor` (`o.seq >= …`) when given.
+fn from_floor_and(from_floor: Option<&str>, filter: String) -> String {
+    match from_floor {
+        Some(from_floor) => format!("{from_floor} AND {filter}"),
+        None => filter,
+    }
 }
 
 /// `o.seq NOT IN (…)` over a literal array of `seqs`.
