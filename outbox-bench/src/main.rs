@@ -7,6 +7,7 @@
 //! scripts/bench.sh publish_overhead
 //! ```
 
+mod broker;
 mod scenarios;
 mod setup;
 mod stats;

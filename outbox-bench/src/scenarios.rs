@@ -1,5 +1,6 @@
 //! The seven scenarios of issue 6, each with its same-run baseline.
 
+use crate::broker::FreshBroker;
 use crate::setup::{
     checkpoint, insert_backlog, load_backlog, prime_statistics, topic, wait_drained,
     wait_first_delivery, BenchDb, BoxError, Env, RelayProcess, WalCounters, TOPIC,
@@ -487,6 +488,10 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
         Path::PollOnly => "e2epoll",
         Path::RawProduce => "e2eraw",
     };
+    // Each path on a broker of its own: one that already holds another
+    // path's 30,000 messages fetches more slowly (see `broker.rs`).
+    let (fresh, _broker) = FreshBroker::for_part(env, label)?;
+    let env = &fresh;
     let db = BenchDb::create(env, label).await?;
     let prefix = topic(env, label, 4).await?;
     let topic_name = format!("{prefix}{TOPIC}");
@@ -729,6 +734,10 @@ async fn drain_with_processes(
     relays: usize,
     how: Backlog,
 ) -> Result<(f64, Option<u64>), BoxError> {
+    // Each drain on a broker of its own, so none runs on a broker holding
+    // the drain before it (see `broker.rs`).
+    let (fresh, _broker) = FreshBroker::for_part(env, label)?;
+    let env = &fresh;
     let db = BenchDb::create(env, label).await?;
     let prefix = topic(env, label, 4).await?;
     let start = || -> Result<Vec<RelayProcess>, BoxError> {

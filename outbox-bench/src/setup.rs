@@ -12,6 +12,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const TOPIC: &str = "bench.essay-scored.v1";
 
 /// Where Postgres and the broker are (scripts/bench.sh sets both).
+#[derive(Clone)]
 pub struct Env {
     pub database_url: String,
     pub bootstrap: String,
