@@ -4,7 +4,8 @@
 //! measurement run after another one on the same broker measures the
 //! broker's history too (docs/benchmarks.md §4). `scripts/bench.sh` gives
 //! every scenario a fresh broker; a scenario whose parts must not inherit
-//! each other's messages (the latency paths) asks for one per part here.
+//! each other's messages (the latency paths, each drain) asks for one per
+//! part here.
 //! With a broker of the user's (`KAFKA_BOOTSTRAP_SERVERS`, e.g. a Kafka
 //! cluster, which does not slow down as it fills), the script does not set
 //! `OUTBOX_BENCH_TANSU` and every part uses that broker.
