@@ -3,12 +3,11 @@
 # like the test suite's. Arguments go to the benchmark, e.g. `--quick` or a
 # scenario name. Not part of scripts/test.sh.
 #
-# Each scenario gets a fresh Tansu broker (unless KAFKA_BOOTSTRAP_SERVERS is
-# set): Tansu's in-memory storage slows down as it fills, so a scenario run
-# after others would measure the broker's history, not the outbox. Parts of
-# a scenario measured one after another (the latency paths, each drain) get
-# a fresh broker each too; relay_vs_raw_produce alternates its relay and raw
-# rounds on one broker, so both see the same history.
+# Unless KAFKA_BOOTSTRAP_SERVERS is set, the benchmark starts a fresh Tansu
+# broker for every part it measures (a scenario, each latency path, each
+# drain; outbox-bench/src/broker.rs): Tansu's in-memory storage slows down
+# as it fills, so a part run after others would measure the broker's
+# history, not the outbox.
 set -euo pipefail
 source "$(dirname "$0")/lib/infra.sh"
 
@@ -33,17 +32,15 @@ for arg in "$@"; do
 done
 [[ ${#wanted[@]} -gt 0 ]] || wanted=("${SCENARIOS[@]}")
 
-user_broker="${KAFKA_BOOTSTRAP_SERVERS:-}"
-# Parts of a scenario that must not inherit each other's messages (the
-# latency paths, each drain) start a fresh Tansu of their own through this;
-# a broker of the user's is used as it is.
-[[ -n "$user_broker" ]] || export OUTBOX_BENCH_TANSU="$TANSU_BIN"
+if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+    log "using KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS for every scenario"
+else
+    export OUTBOX_BENCH_TANSU="$TANSU_BIN"
+fi
 output="$OUTBOX_WORK/bench.out"
 status=0
 for scenario in "${wanted[@]}"; do
-    [[ -n "$user_broker" ]] || start_broker
     "$CARGO_TARGET_DIR/release/outbox-bench" "$scenario" "${flags[@]}" | tee -a "$output" || status=1
-    [[ -n "$user_broker" ]] || stop_broker
 done
 
 if [[ ${#wanted[@]} -gt 1 ]]; then

@@ -1,6 +1,6 @@
 //! The seven scenarios of issue 6, each with its same-run baseline.
 
-use crate::broker::FreshBroker;
+use crate::broker::Broker;
 use crate::setup::{
     checkpoint, insert_backlog, load_backlog, prime_statistics, topic, wait_drained,
     wait_first_delivery, BenchDb, BoxError, Env, RelayProcess, WalCounters, TOPIC,
@@ -97,6 +97,9 @@ pub async fn relay_vs_raw_produce(
     report: &mut Report,
 ) -> Result<(), BoxError> {
     let n = sizes.backlog;
+    // One broker for all rounds: relay and raw rounds alternate on it, so
+    // both sides see the same history.
+    let broker = env.brokers.broker("relay_vs_raw_produce").await?;
     let db = BenchDb::create(env, "raw").await?;
     load_backlog(&db.pool, n, 1_000).await?;
     // Baseline: the same messages (key, envelope, headers), produced by a
@@ -113,14 +116,14 @@ pub async fn relay_vs_raw_produce(
     // raw): each relay drain is compared with the raw runs just before and
     // after it, and the median round is the figure, so a slow stretch of
     // this noisy machine burdens one round, not the result.
-    let mut raw_rates = vec![n as f64 / raw_produce(env, &rows, "raw0").await?.as_secs_f64()];
+    let mut raw_rates = vec![n as f64 / raw_produce(&broker, &rows, "raw0").await?.as_secs_f64()];
     let mut relay_rates = Vec::with_capacity(THROUGHPUT_ROUNDS);
     let mut ratios = Vec::with_capacity(THROUGHPUT_ROUNDS);
     for round in 1..=THROUGHPUT_ROUNDS {
         let db = BenchDb::create(env, "relay").await?;
         load_backlog(&db.pool, n, 1_000).await?;
-        let prefix = topic(env, "relay", 4).await?;
-        let relay = Relay::new(db.pool.clone(), env.kafka(), relay_config(&prefix)).await?;
+        let prefix = topic(&broker, "relay", 4).await?;
+        let relay = Relay::new(db.pool.clone(), broker.kafka(), relay_config(&prefix)).await?;
         let handle = relay.spawn();
         // Measured from its first delivered batch, like the warmed-up baseline.
         let started = wait_first_delivery(&db.pool, Duration::from_secs(60)).await?;
@@ -129,7 +132,7 @@ pub async fn relay_vs_raw_produce(
         db.drop_db().await?;
         let relay_rate = (n - RELAY_BATCH as i64) as f64 / relay_time.as_secs_f64();
         let raw_after = n as f64
-            / raw_produce(env, &rows, &format!("raw{round}"))
+            / raw_produce(&broker, &rows, &format!("raw{round}"))
                 .await?
                 .as_secs_f64();
         let raw_around = (raw_rates[round - 1] + raw_after) / 2.0;
@@ -168,9 +171,13 @@ pub async fn relay_vs_raw_produce(
 /// Produces `rows` to a fresh topic in chunks of [`RELAY_BATCH`], each
 /// enqueued at once and its acknowledgements awaited together, like the
 /// relay's batches; returns the time after a one-message warm-up.
-async fn raw_produce(env: &Env, rows: &[RawMessage], label: &str) -> Result<Duration, BoxError> {
-    let prefix = topic(env, label, 4).await?;
-    let producer: FutureProducer = env
+async fn raw_produce(
+    broker: &Broker,
+    rows: &[RawMessage],
+    label: &str,
+) -> Result<Duration, BoxError> {
+    let prefix = topic(broker, label, 4).await?;
+    let producer: FutureProducer = broker
         .kafka()
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -490,12 +497,11 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     };
     // Each path on a broker of its own: one that already holds another
     // path's 30,000 messages fetches more slowly (see `broker.rs`).
-    let (fresh, _broker) = FreshBroker::for_part(env, label)?;
-    let env = &fresh;
+    let broker = env.brokers.broker(label).await?;
     let db = BenchDb::create(env, label).await?;
-    let prefix = topic(env, label, 4).await?;
+    let prefix = topic(&broker, label, 4).await?;
     let topic_name = format!("{prefix}{TOPIC}");
-    let consumer: StreamConsumer = env
+    let consumer: StreamConsumer = broker
         .kafka()
         .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
@@ -511,14 +517,15 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
         config.listen = path == Path::Wake;
         config.poll_interval = Duration::from_secs(1);
         Some(
-            Relay::new(db.pool.clone(), env.kafka(), config)
+            Relay::new(db.pool.clone(), broker.kafka(), config)
                 .await?
                 .spawn(),
         )
     };
     let producer: Option<FutureProducer> = if path == Path::RawProduce {
         Some(
-            env.kafka()
+            broker
+                .kafka()
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("linger.ms", "0")
@@ -736,13 +743,12 @@ async fn drain_with_processes(
 ) -> Result<(f64, Option<u64>), BoxError> {
     // Each drain on a broker of its own, so none runs on a broker holding
     // the drain before it (see `broker.rs`).
-    let (fresh, _broker) = FreshBroker::for_part(env, label)?;
-    let env = &fresh;
+    let broker = env.brokers.broker(label).await?;
     let db = BenchDb::create(env, label).await?;
-    let prefix = topic(env, label, 4).await?;
+    let prefix = topic(&broker, label, 4).await?;
     let start = || -> Result<Vec<RelayProcess>, BoxError> {
         (0..relays)
-            .map(|_| RelayProcess::start(&db.url, &env.bootstrap, &prefix, RELAY_BATCH))
+            .map(|_| RelayProcess::start(&db.url, &broker.bootstrap, &prefix, RELAY_BATCH))
             .collect()
     };
     let procs = if how == Backlog::BeforeStart {

@@ -1,6 +1,6 @@
 //! Databases, topics, backlogs and relay processes for the scenarios.
 
-use rdkafka::ClientConfig;
+use crate::broker::{Broker, Brokers};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -11,29 +11,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const TOPIC: &str = "bench.essay-scored.v1";
 
-/// Where Postgres and the broker are (scripts/bench.sh sets both).
-#[derive(Clone)]
+/// Where Postgres and the brokers are (scripts/bench.sh sets both).
 pub struct Env {
     pub database_url: String,
-    pub bootstrap: String,
+    pub brokers: Brokers,
 }
 
 impl Env {
     pub fn from_env() -> Result<Self, BoxError> {
         let database_url = std::env::var("DATABASE_URL")
             .map_err(|_| "DATABASE_URL is not set: run scripts/bench.sh")?;
-        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
-            .map_err(|_| "KAFKA_BOOTSTRAP_SERVERS is not set: run scripts/bench.sh")?;
         Ok(Self {
             database_url,
-            bootstrap,
+            brokers: Brokers::from_env()?,
         })
-    }
-
-    pub fn kafka(&self) -> ClientConfig {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &self.bootstrap);
-        cc
     }
 }
 
@@ -102,12 +93,18 @@ impl BenchDb {
 }
 
 /// A unique topic prefix, and the bench topic created under it.
-pub async fn topic(env: &Env, label: &str, partitions: i32) -> Result<String, BoxError> {
+pub async fn topic(broker: &Broker, label: &str, partitions: i32) -> Result<String, BoxError> {
     let prefix = format!(
         "b-{label}-{}.",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
-    outbox::create_topics(&env.kafka(), &[format!("{prefix}{TOPIC}")], partitions, 1).await?;
+    outbox::create_topics(
+        &broker.kafka(),
+        &[format!("{prefix}{TOPIC}")],
+        partitions,
+        1,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(prefix)
 }

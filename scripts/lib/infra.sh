@@ -98,8 +98,7 @@ start_broker() {
     setsid "$TANSU_BIN" broker --storage-engine memory://tansu/ \
         --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
         >"$OUTBOX_WORK/tansu.log" 2>&1 &
-    OUTBOX_BROKER_PID="$!"
-    OUTBOX_PIDS+=("$OUTBOX_BROKER_PID")
+    OUTBOX_PIDS+=("$!")
     if ! wait_for_port "$port" 60; then
         log "the Tansu broker did not start; its log:"
         tail -n 40 "$OUTBOX_WORK/tansu.log" >&2
@@ -107,11 +106,4 @@ start_broker() {
     fi
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
     log "started a Tansu broker on $KAFKA_BOOTSTRAP_SERVERS"
-}
-
-stop_broker() { # stops the broker start_broker started; a KAFKA_BOOTSTRAP_SERVERS given by the user is left alone
-    [[ -n "${OUTBOX_BROKER_PID:-}" ]] || return 0
-    kill -- "-$OUTBOX_BROKER_PID" 2>/dev/null || kill "$OUTBOX_BROKER_PID" 2>/dev/null || true
-    wait "$OUTBOX_BROKER_PID" 2>/dev/null || true
-    unset KAFKA_BOOTSTRAP_SERVERS OUTBOX_BROKER_PID
 }
