@@ -12,6 +12,7 @@ use outbox::{Outbox, OutboxEvent, Relay, RelayConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -469,7 +470,7 @@ pub async fn bulk_publish(env: &Env, _sizes: &Sizes, report: &mut Report) -> Res
     db.drop_db().await
 }
 
-/// The latency consumer's `fetch.wait.max.ms`, the same on every path.
+/// The latency consumers' `fetch.wait.max.ms`, the same on every path.
 /// Tansu answers a fetch only after this wait even when data is already
 /// there (tansu-storage 0.6.0, `service/fetch.rs`: the fetch loop sleeps the
 /// remaining wait before it checks the bytes found); Kafka answers as soon
@@ -499,17 +500,9 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     // path's 30,000 messages fetches more slowly (see `broker.rs`).
     let broker = env.brokers.broker(label).await?;
     let db = BenchDb::create(env, label).await?;
-    let prefix = topic(&broker, label, 4).await?;
+    let prefix = topic(&broker, label, LATENCY_PARTITIONS).await?;
     let topic_name = format!("{prefix}{TOPIC}");
-    let consumer: StreamConsumer = broker
-        .kafka()
-        .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[&topic_name])?;
-    let consumer = Arc::new(consumer);
+    let readers = partition_readers(&broker, &topic_name)?;
     let relay = if path == Path::RawProduce {
         None
     } else {
@@ -538,41 +531,13 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     let total = (sizes.latency_secs * 1_000) as usize;
     // (aggregate, seq) of each received event and when it was received.
     let received = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
-    let sink = received.clone();
-    let reading = consumer.clone();
-    let reader = tokio::spawn(async move {
-        let consumer = reading;
-        while sink.lock().map(|v| v.len()).unwrap_or(total) < total {
-            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await
-            {
-                let now = now_us();
-                let sent = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                    .and_then(|v| {
-                        let data = &v["data"];
-                        let aggregate = data["essay_id"].as_str()?.strip_prefix("essay-")?;
-                        Some((aggregate.parse::<i64>().ok()?, data["seq"].as_i64()?))
-                    });
-                if let (Some(sent), Ok(mut v)) = (sent, sink.lock()) {
-                    v.push((sent, now));
-                }
-            } else {
-                break;
-            }
-        }
-    });
-    // Wait until the consumer holds its partitions (a group join can take
-    // seconds), so early messages do not measure the join; then write a
-    // steady 1,000 events/s: 4 writers, each one event (one transaction)
-    // every 4 ms.
-    let joined = Instant::now();
-    while consumer.assignment()?.count() == 0 {
-        if joined.elapsed() > Duration::from_secs(60) {
-            return Err("the latency consumer got no partitions within 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reading: Vec<_> = readers
+        .iter()
+        .map(|reader| tokio::spawn(read_into(reader.clone(), received.clone(), total)))
+        .collect();
+    // Give the readers time to look up where their partitions start, so
+    // early messages do not measure that; then write a steady 1,000
+    // events/s: 4 writers, each one event (one transaction) every 4 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writers = (0..4).map(|w| {
         let outbox = outbox.clone();
@@ -614,7 +579,17 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     for r in join_all(writers).await {
         handed_over.extend(r.map_err(|e| e.to_string())??);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
+    // Every event arrives, or the figures below count the missing ones
+    // out (`received`).
+    let all_in = async {
+        while received.lock().map(|v| v.len()).unwrap_or(total) < total {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), all_in).await;
+    for task in &reading {
+        task.abort();
+    }
     if let Some(relay) = relay {
         relay.shutdown().await?;
     }
@@ -654,6 +629,68 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
         early_p50,
         late_p50,
     })
+}
+
+/// Partitions of every latency topic, each read by a consumer of its own.
+const LATENCY_PARTITIONS: i32 = 4;
+
+/// One consumer per partition of `topic_name`, each assigned its partition
+/// from the start, as a consumer group with one member per partition reads
+/// a topic. With a single consumer for all four, Tansu answers each of its
+/// fetches partition by partition on one connection, and its in-memory
+/// storage lists every batch a partition holds whenever the fetch finds new
+/// data there (tansu-storage 0.6.0, `dynostore.rs`, `fetch`): the cost of a
+/// fetch grows with the topic and holds back every partition behind it,
+/// which a Kafka broker does not do. Four consumers fetch in parallel, each
+/// listing one partition. The same readers serve every path.
+fn partition_readers(
+    broker: &Broker,
+    topic_name: &str,
+) -> Result<Vec<Arc<StreamConsumer>>, BoxError> {
+    (0..LATENCY_PARTITIONS)
+        .map(|partition| {
+            let consumer: StreamConsumer = broker
+                .kafka()
+                .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
+                .set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS)
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(topic_name, partition, Offset::Beginning)?;
+            consumer.assign(&assignment)?;
+            Ok(Arc::new(consumer))
+        })
+        .collect()
+}
+
+/// An event's (aggregate, seq) and when it arrived (µs since the epoch).
+type Arrival = ((i64, i64), i64);
+
+/// Receives until `total` events are in `sink` (all readers together) or
+/// nothing arrives for 30 s, recording each event's (aggregate, seq) and
+/// when it arrived.
+async fn read_into(
+    consumer: Arc<StreamConsumer>,
+    sink: Arc<std::sync::Mutex<Vec<Arrival>>>,
+    total: usize,
+) {
+    while sink.lock().map(|v| v.len()).unwrap_or(total) < total {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await else {
+            break;
+        };
+        let now = now_us();
+        let sent = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|v| {
+                let data = &v["data"];
+                let aggregate = data["essay_id"].as_str()?.strip_prefix("essay-")?;
+                Some((aggregate.parse::<i64>().ok()?, data["seq"].as_i64()?))
+            });
+        if let (Some(sent), Ok(mut v)) = (sent, sink.lock()) {
+            v.push((sent, now));
+        }
+    }
 }
 
 /// The first and last seconds of a latency run, compared to show drift.
