@@ -582,7 +582,7 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     // Every event arrives, or the figures below count the missing ones
     // out (`received`).
     let all_in = async {
-        while received.lock().map(|v| v.len()).unwrap_or(total) < total {
+        while !all_arrived(&received, total) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -666,6 +666,11 @@ fn partition_readers(
 /// An event's (aggregate, seq) and when it arrived (µs since the epoch).
 type Arrival = ((i64, i64), i64);
 
+/// Whether `total` events are in `sink` (a poisoned lock ends the wait too).
+fn all_arrived(sink: &std::sync::Mutex<Vec<Arrival>>, total: usize) -> bool {
+    sink.lock().map_or(true, |v| v.len() >= total)
+}
+
 /// Receives until `total` events are in `sink` (all readers together) or
 /// nothing arrives for 30 s, recording each event's (aggregate, seq) and
 /// when it arrived.
@@ -674,7 +679,7 @@ async fn read_into(
     sink: Arc<std::sync::Mutex<Vec<Arrival>>>,
     total: usize,
 ) {
-    while sink.lock().map(|v| v.len()).unwrap_or(total) < total {
+    while !all_arrived(&sink, total) {
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await else {
             break;
         };
@@ -905,29 +910,28 @@ const SCALING_ROUNDS: usize = 3;
 /// noisy machine moves it a lot: the median of three drains per side, the
 /// side that goes first alternating, each drain on a broker of its own.
 pub async fn relay_scaling(env: &Env, sizes: &Sizes, report: &mut Report) -> Result<(), BoxError> {
-    let (mut ones, mut twos) = (Vec::new(), Vec::new());
+    // (relay processes, label) of each side; `rates` holds each side's drains.
+    const SIDES: [(usize, &str); 2] = [(1, "one"), (2, "two")];
+    let mut rates = [Vec::new(), Vec::new()];
     for round in 0..SCALING_ROUNDS {
-        let one_first = round % 2 == 0;
-        for relays in if one_first { [1, 2] } else { [2, 1] } {
-            let label = if relays == 1 { "one" } else { "two" };
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let (relays, label) = SIDES[side];
             let (rate, _) =
                 drain_with_processes(env, label, sizes.backlog, relays, Backlog::WhileRunning)
                     .await?;
-            let side = if relays == 1 { &mut ones } else { &mut twos };
-            side.push(rate);
+            rates[side].push(rate);
         }
     }
-    for (round, (one, two)) in ones.iter().zip(&twos).enumerate() {
-        report.figure(
-            &format!("relay_scaling.round{}_one_events_per_s", round + 1),
-            *one,
-        );
-        report.figure(
-            &format!("relay_scaling.round{}_two_events_per_s", round + 1),
-            *two,
-        );
+    for (round, (one, two)) in rates[0].iter().zip(&rates[1]).enumerate() {
+        for ((_, label), rate) in SIDES.iter().zip([one, two]) {
+            report.figure(
+                &format!("relay_scaling.round{}_{label}_events_per_s", round + 1),
+                *rate,
+            );
+        }
     }
-    let (one, two) = (median(&ones), median(&twos));
+    let (one, two) = (median(&rates[0]), median(&rates[1]));
     report.figure("relay_scaling.one_events_per_s", one);
     report.figure("relay_scaling.two_events_per_s", two);
     report.target("relay_scaling.ratio", two / one, Bound::AtLeast(1.0), "");
