@@ -159,7 +159,31 @@ async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
     // Batch 1 holds ok-0..ok-4, the poison event, ok-6..ok-9; batch 2
     // (claimed ahead while batch 1 is produced) holds the poison aggregate's
     // second event at position 12.
-    hold_back_scenario("ahead", &[12]).await;
+    hold_back_scenario("ahead", 5, &[12], Shards::All).await;
+}
+
+/// A relay that owns only some of the shards claims two batches ahead at
+/// once and keeps the second for the round after (worker.rs,
+/// `PARTIAL_OWNER_CLAIM_BATCHES`). That second batch was claimed before the
+/// batch produced in between was: when an event of the batch in between
+/// fails, its aggregate's event in the kept batch must not be sent either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_holds_back_its_aggregate_in_the_second_batch_of_a_claim_of_two() {
+    // Batch 1 (positions 0..10) is a fresh claim; while it is produced the
+    // relay claims 10..30 as two batches, 10..20 with the poison event at
+    // 15 and 20..30 with its aggregate's next event at 24; the batches
+    // after them are claimed while 20..30 is produced (33).
+    hold_back_scenario("reserve", 15, &[24, 33], Shards::LowerHalf).await;
+}
+
+/// Which shards the relay of a hold-back scenario gets.
+#[derive(Clone, Copy, PartialEq)]
+enum Shards {
+    /// All 64: the relay is alone.
+    All,
+    /// 0..32: a live instance that never claims holds 32..64, and every
+    /// event of the scenario is of an aggregate in 0..32.
+    LowerHalf,
 }
 
 /// The relay also writes a batch's outcome while it produces the next one,
@@ -169,7 +193,7 @@ async fn failure_holds_back_its_aggregate_in_the_batch_claimed_ahead() {
 /// its next one in batch 3: that one must be held back too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_holds_back_its_aggregate_in_the_batch_claimed_while_it_is_marked() {
-    hold_back_scenario("marking", &[25]).await;
+    hold_back_scenario("marking", 5, &[25], Shards::All).await;
 }
 
 /// A partial batch takes everything committed so far, and the next claim is
@@ -236,13 +260,30 @@ async fn failure_holds_back_its_aggregate_in_a_fresh_claim_made_before_it_is_mar
     s.db.drop_db().await;
 }
 
-/// 30 events committed before the relay starts, so batches of 10 are full;
-/// an oversized poison event at position 5 and the poison aggregate's later
+/// 40 events committed before the relay starts, so batches of 10 are full;
+/// an oversized poison event at `poison_at` and the poison aggregate's later
 /// events at `later` (positions). The relay may send none of those.
-async fn hold_back_scenario(name: &str, later: &[usize]) {
+async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shards: Shards) {
+    const EVENTS: usize = 40;
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario(name, &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
+    if shards == Shards::LowerHalf {
+        hold_upper_half_for_another_instance(&s.db.pool).await;
+    }
+    // An aggregate id per position and one for the poison aggregate; for
+    // `LowerHalf` only ids whose shard is below 32.
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM (SELECT 'agg-' || i AS id, i FROM generate_series(0, 9999) i) c
+         WHERE NOT $1 OR (hashtextextended('essay/' || id, 0) & 63) < 32
+         ORDER BY i LIMIT $2",
+    )
+    .bind(shards == Shards::LowerHalf)
+    .bind(EVENTS as i64 + 1)
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    let poison = &ids[EVENTS];
 
     let event = |id: &str, seq: i64, content: String| EssayUploadedV1 {
         essay_id: id.into(),
@@ -251,14 +292,14 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
     };
     let mut tx = s.outbox.transactional_publish().await.unwrap();
     let mut others = 0;
-    for position in 0..30 {
-        let e = if position == 5 {
-            event("poison", 0, "x".repeat(200_000))
+    for (position, id) in ids.iter().take(EVENTS).enumerate() {
+        let e = if position == poison_at {
+            event(poison, 0, "x".repeat(200_000))
         } else if let Some(n) = later.iter().position(|&p| p == position) {
-            event("poison", n as i64 + 1, "small".into())
+            event(poison, n as i64 + 1, "small".into())
         } else {
             others += 1;
-            event(&format!("ok-{position}"), 0, "fine".into())
+            event(id, 0, "fine".into())
         };
         tx.publish(&e).await.unwrap();
     }
@@ -269,11 +310,27 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
     let delivered = collector.wait_for(others, Duration::from_secs(60)).await;
     let t = fixtures::report(&format!("hold_back_{name}"), others, &delivered);
     assert_eq!(t.order_violations, 0);
+    if shards == Shards::LowerHalf {
+        let owned: Vec<i16> = sqlx::query_scalar(
+            "SELECT shard FROM event_outbox_lease
+             WHERE owner <> '00000000-0000-0000-0000-000000000032' ORDER BY shard",
+        )
+        .fetch_all(&s.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            owned,
+            (0..32).collect::<Vec<i16>>(),
+            "the relay owned shards 0..32"
+        );
+    }
     // Until the poison event is dead, and after, its aggregate's later
     // events stay pending and unsent.
     let dead = eventually(
         &s.db.pool,
-        "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'dead' AND aggregate_id = 'poison')",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'dead' AND aggregate_id = '{poison}')"
+        ),
         100,
         Duration::from_millis(100),
     )
@@ -284,13 +341,14 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
     assert!(
         settled
             .iter()
-            .all(|m| m.headers["aggregate_id"] != "poison"),
+            .all(|m| m.headers["aggregate_id"] != poison.as_str()),
         "the events behind the failed one were not sent"
     );
     let waiting: Vec<String> = sqlx::query_scalar(
         "SELECT state FROM event_outbox
-         WHERE aggregate_id = 'poison' AND event_data->'data'->>'seq' <> '0' ORDER BY seq",
+         WHERE aggregate_id = $1 AND event_data->'data'->>'seq' <> '0' ORDER BY seq",
     )
+    .bind(poison)
     .fetch_all(&s.db.pool)
     .await
     .unwrap();
@@ -298,6 +356,27 @@ async fn hold_back_scenario(name: &str, later: &[usize]) {
     handle.shutdown().await.unwrap();
     collector.stop();
     s.db.drop_db().await;
+}
+
+/// Registers a live relay instance that never claims and gives it the
+/// leases of shards 32..64 for good, so a relay started next takes its fair
+/// share of 32 from the rest: shards 0..32.
+async fn hold_upper_half_for_another_instance(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "INSERT INTO event_outbox_relay (instance_id, hostname, heartbeat_at)
+         VALUES ('00000000-0000-0000-0000-000000000032', 'never-claims', now() + interval '1 day')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE event_outbox_lease
+         SET owner = '00000000-0000-0000-0000-000000000032', expires_at = 'infinity'
+         WHERE shard >= 32",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 /// A failing event whose aggregate has later events spread over a draining

@@ -44,6 +44,19 @@ impl Prefetched {
         }
     }
 
+    /// Splits off the rows after the first `n` as a batch of their own,
+    /// claimed under the same shards; `None` when there are none.
+    pub(crate) fn split_off(&mut self, n: usize) -> Option<Self> {
+        (self.batch.rows.len() > n).then(|| Self {
+            batch: Claimed {
+                rows: self.batch.rows.split_off(n),
+                started: self.batch.started,
+                took: self.batch.took,
+            },
+            shards: self.shards.clone(),
+        })
+    }
+
     /// The batch, if the relay still owns exactly the shards it was claimed
     /// under.
     pub(crate) fn into_batch_if_owned(self, owned: &[i16]) -> Option<Claimed> {
@@ -94,6 +107,22 @@ mod tests {
         let mut prefetched = prefetched(vec![row(1, "a")], &[0]);
         prefetched.hold_back(&unfinished("file_upload", "a"));
         assert_eq!(prefetched.into_batch_if_owned(&[0]).unwrap().rows.len(), 1);
+    }
+
+    #[test]
+    fn a_claim_of_two_batches_splits_in_order_under_the_same_shards() {
+        let rows = (1..=5).map(|seq| row(seq, "a")).collect();
+        let mut first = prefetched(rows, &[0, 1]);
+        let second = first.split_off(3).unwrap();
+        assert!(
+            first.split_off(3).is_none(),
+            "nothing after the first three"
+        );
+        assert_eq!(
+            seqs(&first.into_batch_if_owned(&[0, 1]).unwrap()),
+            [1, 2, 3]
+        );
+        assert_eq!(seqs(&second.into_batch_if_owned(&[0, 1]).unwrap()), [4, 5]);
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub(crate) struct Worker {
     next_queue_gauges: Instant,
     /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
+    /// For a relay that owns only some of the shards: the second batch of a
+    /// claim ahead of two (see [`PARTIAL_OWNER_CLAIM_BATCHES`]), produced
+    /// after `prefetched`. Like `prefetched` it is held back behind every
+    /// batch produced before it, and it is dropped whenever `prefetched` is.
+    reserve: Option<Prefetched>,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -71,6 +76,18 @@ struct BatchResult {
     claimed: usize,
     broker_unreachable: bool,
 }
+
+/// Batches a relay that owns only some of the shards claims ahead at once.
+///
+/// Its rows in flight (the batch being produced and the one being marked)
+/// lie between other relays' rows, so its claims cannot skip them by range
+/// as a relay with every shard does (`claim.rs`, `copy_statement`): each
+/// claim of one batch read them again, 2,000 rows for 1,000 claimed.
+/// Claiming two batches at once, the second kept as the reserve and
+/// produced after the first, reads them once per two batches: with two
+/// relays on two cores Postgres used about a fifth less CPU per event
+/// (docs/benchmarks.md §6).
+const PARTIAL_OWNER_CLAIM_BATCHES: usize = 2;
 
 /// Doubling delays from `min` to `max`, with jitter, without end.
 fn doubling(min: Duration, max: Duration) -> ExponentialBackoff {
@@ -149,6 +166,7 @@ impl Worker {
             metrics,
             next_queue_gauges: Instant::now(),
             prefetched: None,
+            reserve: None,
             unrecorded: None,
         }
     }
@@ -359,7 +377,11 @@ impl Worker {
     /// pending rows: the claims of a steady trickle of events then skip the
     /// rows delivered since the last vacuum as a backlog's claims do.
     async fn advance_floor_while_idle(&mut self) {
-        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
+        if self.unrecorded.is_some()
+            || self.prefetched.is_some()
+            || self.reserve.is_some()
+            || !self.leases.usable()
+        {
             return;
         }
         let mask = shard_mask(self.leases.owned());
@@ -399,6 +421,9 @@ impl Worker {
             .prefetched
             .take()
             .and_then(|p| p.into_batch_if_owned(self.leases.owned()));
+        if prefetched.is_none() {
+            self.reserve = None;
+        }
         let batch = match prefetched {
             Some(batch) => batch,
             None => {
@@ -450,16 +475,23 @@ impl Worker {
         rows.iter().map(|r| r.seq).chain(unrecorded).collect()
     }
 
-    /// Claims the batch after `rows` in a task of its own, while `rows` are
-    /// produced: decoding a claimed batch is CPU work that would otherwise
-    /// hold up this task while it enqueues and collects acknowledgements.
-    fn claim_ahead(&self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+    /// Claims the batch after `rows` (`batches` of them at once) in a task
+    /// of its own, while `rows` are produced: decoding a claimed batch is
+    /// CPU work that would otherwise hold up this task while it enqueues and
+    /// collects acknowledgements.
+    fn claim_ahead(
+        &self,
+        rows: &[ClaimedRow],
+        batches: usize,
+    ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
         let floor = self.claim_floor();
         tokio::spawn(async move {
-            let batch = claimer.claim_ahead(&shards, &in_flight, floor).await?;
+            let batch = claimer
+                .claim_ahead(&shards, &in_flight, floor, batches)
+                .await?;
             Ok(Prefetched::new(batch, shards))
         })
     }
@@ -479,8 +511,16 @@ impl Worker {
         // partial batch took everything there was; what commits meanwhile is
         // better claimed fresh after this batch, in one round, than split
         // across a claim-ahead and the round after it.
+        // With a reserve left from the last claim ahead, there is nothing to
+        // claim this round: the reserve is the next batch.
+        let batches = if shard_mask(self.leases.owned()) == -1 {
+            1
+        } else {
+            PARTIAL_OWNER_CLAIM_BATCHES
+        };
         let claiming =
-            (claimed >= self.claimer.limit() && !self.stopping()).then(|| self.claim_ahead(&rows));
+            (claimed >= self.claimer.limit() && !self.stopping() && self.reserve.is_none())
+                .then(|| self.claim_ahead(&rows, batches));
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
         // it may hold rows behind the previous batch's failures too.
@@ -531,22 +571,28 @@ impl Worker {
         held_back.extend(current.unfinished());
         self.unrecorded = Some(current);
         // Awaited even when it is not used, so no claim outlives its batch.
+        let claimed_ahead = claiming.is_some();
         let next = match claiming {
             Some(claiming) => claiming.await.ok(),
-            None => None,
+            None => self.reserve.take().map(Ok),
         };
         if broker_unreachable || self.stopping() {
             self.flush_unrecorded().await;
         }
         let previous_record_ms = previous_recorded?.map(|took| took.as_secs_f64() * 1e3);
         let next_claim_ms = match &next {
-            Some(Ok(prefetched)) => Some(prefetched.claim_took().as_secs_f64() * 1e3),
+            Some(Ok(prefetched)) if claimed_ahead => {
+                Some(prefetched.claim_took().as_secs_f64() * 1e3)
+            }
             _ => None,
         };
         match next {
-            _ if broker_unreachable => {}
+            _ if broker_unreachable => self.reserve = None,
             Some(Ok(mut prefetched)) => {
+                // Held back before the split: both batches of a claim of two
+                // were claimed before this round's outcome was known.
                 prefetched.hold_back(&held_back);
+                self.reserve = prefetched.split_off(self.claimer.limit());
                 self.prefetched = Some(prefetched);
             }
             Some(Err(error)) => {
