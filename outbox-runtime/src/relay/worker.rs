@@ -507,12 +507,12 @@ impl Worker {
             took: claim_took,
         } = batch;
         let claimed = rows.len();
-        // A full batch means a backlog: claim the next one meanwhile. A
-        // partial batch took everything there was; what commits meanwhile is
-        // better claimed fresh after this batch, in one round, than split
-        // across a claim-ahead and the round after it.
-        // With a reserve left from the last claim ahead, there is nothing to
-        // claim this round: the reserve is the next batch.
+        // A full batch means a backlog: claim the next one meanwhile (two,
+        // for a relay with only some of the shards), unless the reserve left
+        // by the last claim is the next batch. A partial batch took
+        // everything there was; what commits meanwhile is better claimed
+        // fresh after this batch, in one round, than split across a
+        // claim-ahead and the round after it.
         let batches = if shard_mask(self.leases.owned()) == -1 {
             1
         } else {
