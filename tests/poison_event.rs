@@ -312,9 +312,9 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     assert_eq!(t.order_violations, 0);
     if shards == Shards::LowerHalf {
         let owned: Vec<i16> = sqlx::query_scalar(
-            "SELECT shard FROM event_outbox_lease
-             WHERE owner <> '00000000-0000-0000-0000-000000000032' ORDER BY shard",
+            "SELECT shard FROM event_outbox_lease WHERE owner <> $1 ORDER BY shard",
         )
+        .bind(NEVER_CLAIMS)
         .fetch_all(&s.db.pool)
         .await
         .unwrap();
@@ -358,22 +358,25 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     s.db.drop_db().await;
 }
 
+/// The instance id of [`hold_upper_half_for_another_instance`]'s relay.
+const NEVER_CLAIMS: uuid::Uuid = uuid::Uuid::from_u128(0x32);
+
 /// Registers a live relay instance that never claims and gives it the
 /// leases of shards 32..64 for good, so a relay started next takes its fair
 /// share of 32 from the rest: shards 0..32.
 async fn hold_upper_half_for_another_instance(pool: &sqlx::PgPool) {
     sqlx::query(
         "INSERT INTO event_outbox_relay (instance_id, hostname, heartbeat_at)
-         VALUES ('00000000-0000-0000-0000-000000000032', 'never-claims', now() + interval '1 day')",
+         VALUES ($1, 'never-claims', now() + interval '1 day')",
     )
+    .bind(NEVER_CLAIMS)
     .execute(pool)
     .await
     .unwrap();
     sqlx::query(
-        "UPDATE event_outbox_lease
-         SET owner = '00000000-0000-0000-0000-000000000032', expires_at = 'infinity'
-         WHERE shard >= 32",
+        "UPDATE event_outbox_lease SET owner = $1, expires_at = 'infinity' WHERE shard >= 32",
     )
+    .bind(NEVER_CLAIMS)
     .execute(pool)
     .await
     .unwrap();

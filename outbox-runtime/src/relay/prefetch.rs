@@ -11,6 +11,11 @@
 //! - **Ownership.** A prefetch is used only while the relay owns exactly the
 //!   shards it was claimed under; a rebalance in between throws it away.
 //!
+//! A prefetch may hold more than one batch (a relay that owns only some of
+//! the shards claims two at once): each round takes the next batch from it
+//! and the rest stays, held back again after every round, like a fresh
+//! prefetch.
+//!
 //! Nothing of the prefetch is produced before every acknowledgement of the
 //! current batch is in, so its hold-backs are decided on the current batch's
 //! outcome. The outcome itself is written while the prefetch is produced
@@ -44,23 +49,28 @@ impl Prefetched {
         }
     }
 
-    /// Splits off the rows after the first `n` as a batch of their own,
-    /// claimed under the same shards; `None` when there are none.
-    pub(crate) fn split_off(&mut self, n: usize) -> Option<Self> {
-        (self.batch.rows.len() > n).then(|| Self {
+    /// The next batch of at most `limit` rows and the rows left for the
+    /// rounds after it (a relay that owns only some of the shards claims
+    /// two batches at once), if the relay still owns exactly the shards
+    /// they were claimed under; `None`, dropping them all, otherwise.
+    pub(crate) fn into_next_batch(
+        self,
+        owned: &[i16],
+        limit: usize,
+    ) -> Option<(Claimed, Option<Self>)> {
+        if self.shards != owned {
+            return None;
+        }
+        let Self { mut batch, shards } = self;
+        let rest = (batch.rows.len() > limit).then(|| Self {
             batch: Claimed {
-                rows: self.batch.rows.split_off(n),
-                started: self.batch.started,
-                took: self.batch.took,
+                rows: batch.rows.split_off(limit),
+                started: batch.started,
+                took: batch.took,
             },
-            shards: self.shards.clone(),
-        })
-    }
-
-    /// The batch, if the relay still owns exactly the shards it was claimed
-    /// under.
-    pub(crate) fn into_batch_if_owned(self, owned: &[i16]) -> Option<Claimed> {
-        (self.shards == owned).then_some(self.batch)
+            shards,
+        });
+        Some((batch, rest))
     }
 }
 
@@ -89,6 +99,13 @@ mod tests {
         Prefetched::new(batch, shards.to_vec())
     }
 
+    /// The whole prefetch as one batch, if `owned` are its shards.
+    fn owned_batch(prefetched: Prefetched, owned: &[i16]) -> Option<Claimed> {
+        prefetched
+            .into_next_batch(owned, usize::MAX)
+            .map(|(batch, _)| batch)
+    }
+
     fn seqs(batch: &Claimed) -> Vec<i64> {
         batch.rows.iter().map(|r| r.seq).collect()
     }
@@ -98,7 +115,7 @@ mod tests {
         let rows = vec![row(5, "a"), row(6, "b"), row(7, "a"), row(8, "c")];
         let mut prefetched = prefetched(rows, &[0, 1]);
         prefetched.hold_back(&unfinished("essay", "a"));
-        let kept = prefetched.into_batch_if_owned(&[0, 1]).unwrap();
+        let kept = owned_batch(prefetched, &[0, 1]).unwrap();
         assert_eq!(seqs(&kept), [6, 8]);
     }
 
@@ -106,28 +123,24 @@ mod tests {
     fn an_aggregate_of_another_type_is_not_held_back() {
         let mut prefetched = prefetched(vec![row(1, "a")], &[0]);
         prefetched.hold_back(&unfinished("file_upload", "a"));
-        assert_eq!(prefetched.into_batch_if_owned(&[0]).unwrap().rows.len(), 1);
+        assert_eq!(owned_batch(prefetched, &[0]).unwrap().rows.len(), 1);
     }
 
     #[test]
     fn a_claim_of_two_batches_splits_in_order_under_the_same_shards() {
         let rows = (1..=5).map(|seq| row(seq, "a")).collect();
-        let mut first = prefetched(rows, &[0, 1]);
-        let second = first.split_off(3).unwrap();
-        assert!(
-            first.split_off(3).is_none(),
-            "nothing after the first three"
-        );
-        assert_eq!(
-            seqs(&first.into_batch_if_owned(&[0, 1]).unwrap()),
-            [1, 2, 3]
-        );
-        assert_eq!(seqs(&second.into_batch_if_owned(&[0, 1]).unwrap()), [4, 5]);
+        let (first, second) = prefetched(rows, &[0, 1])
+            .into_next_batch(&[0, 1], 3)
+            .unwrap();
+        let (second, after) = second.unwrap().into_next_batch(&[0, 1], 3).unwrap();
+        assert!(after.is_none(), "nothing after the first three");
+        assert_eq!(seqs(&first), [1, 2, 3]);
+        assert_eq!(seqs(&second), [4, 5]);
     }
 
     #[test]
     fn a_rebalance_discards_the_prefetch() {
         let prefetched = prefetched(vec![row(1, "a")], &[0, 1]);
-        assert!(prefetched.into_batch_if_owned(&[0]).is_none());
+        assert!(owned_batch(prefetched, &[0]).is_none());
     }
 }

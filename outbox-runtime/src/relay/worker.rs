@@ -57,13 +57,10 @@ pub(crate) struct Worker {
     metrics: Option<OutboxMetrics>,
     queue_sql: String,
     next_queue_gauges: Instant,
-    /// The batch claimed while the previous one was produced.
+    /// What was claimed while the previous batch was produced: one batch,
+    /// or for a relay that owns only some of the shards up to
+    /// [`PARTIAL_OWNER_CLAIM_BATCHES`], taken one per round.
     prefetched: Option<Prefetched>,
-    /// For a relay that owns only some of the shards: the second batch of a
-    /// claim ahead of two (see [`PARTIAL_OWNER_CLAIM_BATCHES`]), produced
-    /// after `prefetched`. Like `prefetched` it is held back behind every
-    /// batch produced before it, and it is dropped whenever `prefetched` is.
-    reserve: Option<Prefetched>,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -83,8 +80,8 @@ struct BatchResult {
 /// lie between other relays' rows, so its claims cannot skip them by range
 /// as a relay with every shard does (`claim.rs`, `copy_statement`): each
 /// claim of one batch read them again, 2,000 rows for 1,000 claimed.
-/// Claiming two batches at once, the second kept as the reserve and
-/// produced after the first, reads them once per two batches: with two
+/// Claiming two batches at once, the second left in `prefetched` for the
+/// round after the first, reads them once per two batches: with two
 /// relays on two cores Postgres used about a fifth less CPU per event
 /// (docs/benchmarks.md §6).
 const PARTIAL_OWNER_CLAIM_BATCHES: usize = 2;
@@ -166,7 +163,6 @@ impl Worker {
             metrics,
             next_queue_gauges: Instant::now(),
             prefetched: None,
-            reserve: None,
             unrecorded: None,
         }
     }
@@ -377,11 +373,7 @@ impl Worker {
     /// pending rows: the claims of a steady trickle of events then skip the
     /// rows delivered since the last vacuum as a backlog's claims do.
     async fn advance_floor_while_idle(&mut self) {
-        if self.unrecorded.is_some()
-            || self.prefetched.is_some()
-            || self.reserve.is_some()
-            || !self.leases.usable()
-        {
+        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
             return;
         }
         let mask = shard_mask(self.leases.owned());
@@ -420,12 +412,12 @@ impl Worker {
         let prefetched = self
             .prefetched
             .take()
-            .and_then(|p| p.into_batch_if_owned(self.leases.owned()));
-        if prefetched.is_none() {
-            self.reserve = None;
-        }
+            .and_then(|p| p.into_next_batch(self.leases.owned(), self.claimer.limit()));
         let batch = match prefetched {
-            Some(batch) => batch,
+            Some((batch, rest)) => {
+                self.prefetched = rest;
+                batch
+            }
             None => {
                 // A fresh claim cannot drop rows behind an unwritten failure
                 // (a claim ahead can, see `deliver`): write that one first.
@@ -508,8 +500,8 @@ impl Worker {
         } = batch;
         let claimed = rows.len();
         // A full batch means a backlog: claim the next one meanwhile (two,
-        // for a relay with only some of the shards), unless the reserve left
-        // by the last claim is the next batch. A partial batch took
+        // for a relay with only some of the shards), unless the last claim
+        // left the next batch already. A partial batch took
         // everything there was; what commits meanwhile is better claimed
         // fresh after this batch, in one round, than split across a
         // claim-ahead and the round after it.
@@ -519,7 +511,7 @@ impl Worker {
             PARTIAL_OWNER_CLAIM_BATCHES
         };
         let claiming =
-            (claimed >= self.claimer.limit() && !self.stopping() && self.reserve.is_none())
+            (claimed >= self.claimer.limit() && !self.stopping() && self.prefetched.is_none())
                 .then(|| self.claim_ahead(&rows, batches));
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
@@ -571,35 +563,39 @@ impl Worker {
         held_back.extend(current.unfinished());
         self.unrecorded = Some(current);
         // Awaited even when it is not used, so no claim outlives its batch.
-        let claimed_ahead = claiming.is_some();
         let next = match claiming {
             Some(claiming) => claiming.await.ok(),
-            None => self.reserve.take().map(Ok),
+            None => None,
         };
         if broker_unreachable || self.stopping() {
             self.flush_unrecorded().await;
         }
-        let previous_record_ms = previous_recorded?.map(|took| took.as_secs_f64() * 1e3);
-        let next_claim_ms = match &next {
-            Some(Ok(prefetched)) if claimed_ahead => {
-                Some(prefetched.claim_took().as_secs_f64() * 1e3)
+        let previous_record_ms = match previous_recorded {
+            Ok(took) => took.map(|took| took.as_secs_f64() * 1e3),
+            Err(error) => {
+                // Rows left from an earlier claim ahead go too, as a claim
+                // made this round does: the next round claims afresh.
+                self.prefetched = None;
+                return Err(error);
             }
+        };
+        let next_claim_ms = match &next {
+            Some(Ok(prefetched)) => Some(prefetched.claim_took().as_secs_f64() * 1e3),
             _ => None,
         };
         match next {
-            _ if broker_unreachable => self.reserve = None,
-            Some(Ok(mut prefetched)) => {
-                // Held back before the split: both batches of a claim of two
-                // were claimed before this round's outcome was known.
-                prefetched.hold_back(&held_back);
-                self.reserve = prefetched.split_off(self.claimer.limit());
-                self.prefetched = Some(prefetched);
-            }
+            _ if broker_unreachable => self.prefetched = None,
+            Some(Ok(prefetched)) => self.prefetched = Some(prefetched),
             Some(Err(error)) => {
                 // The next round claims afresh and reports a lasting error.
                 tracing::debug!(%error, "outbox relay could not claim ahead");
             }
             None => {}
+        }
+        // Whatever is claimed ahead, just now or in an earlier round, was
+        // claimed before this round's outcome was known.
+        if let Some(prefetched) = self.prefetched.as_mut() {
+            prefetched.hold_back(&held_back);
         }
         tracing::debug!(
             claimed,
