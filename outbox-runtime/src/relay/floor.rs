@@ -43,8 +43,9 @@ const ADVANCE_EVERY: Duration = Duration::from_millis(50);
 const RESET_EVERY: Duration = Duration::from_secs(60);
 
 /// How long after a batch an idle relay keeps moving the floor: long
-/// enough for the readings after it to become final (`horizon.rs`,
-/// `CLOCK_MARGIN`) and be used; after that nothing new lies below the
+/// enough for the readings after it to become final (`horizon.rs`: once
+/// the transactions open at them have ended) and be used, even behind a
+/// transaction that stays open a while; after that nothing new lies below the
 /// pending rows, and an idle relay runs no floor statement.
 const SETTLE_AFTER_BATCH: Duration = Duration::from_secs(3);
 
@@ -191,8 +192,8 @@ impl ClaimFloor {
         self.horizon.observe(Reading {
             allocated: row.try_get("allocated")?,
             read_at: row.try_get("read_at")?,
-            oldest_transaction: row.try_get("oldest")?,
-            inconclusive: row.try_get::<i64, _>("unknown")? > 0,
+            open: row.try_get("open")?,
+            inconclusive: row.try_get::<i64, _>("prepared")? > 0,
         });
         Ok(self.floor)
     }
@@ -233,12 +234,12 @@ impl ClaimFloor {
 /// - `pending_min`, `dead_min`: the first pending row in `[$2, $3)` and the
 ///   first dead row, of the shards (the pending index from the floor on;
 ///   the small index of blocking rows).
-/// - `allocated`, `read_at`: the sequence's last value, then the clock. The
-///   sequence is read in a subquery the outer query reads from, so the
-///   clock, evaluated in the outer projection, is read after it.
-/// - `oldest`, `unknown`: the earliest transaction start among the
-///   database's sessions (autovacuum inserts no rows), and how many
-///   sessions do not show theirs, plus prepared transactions.
+/// - `allocated`: the sequence's last value, read in a subquery the outer
+///   query reads from.
+/// - `open`: the virtual transaction ids of the database's other open
+///   transactions (autovacuum inserts no rows), in a subquery that refers
+///   to `allocated`, so it runs after the sequence was read.
+/// - `read_at`: the clock; `prepared`: how many prepared transactions wait.
 fn advance_statement(outbox: &str) -> String {
     format!(
         "SELECT
@@ -248,17 +249,17 @@ fn advance_statement(outbox: &str) -> String {
              (SELECT min(d.seq) FROM {outbox} d
               WHERE d.state = 'dead' AND ((1::int8 << d.shard) & $1::int8) <> 0) AS dead_min,
              h.allocated,
+             ARRAY(SELECT l.virtualxid::text
+                   FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid
+                   WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted
+                     AND l.pid <> pg_backend_pid()
+                     AND s.datname = current_database()
+                     AND s.backend_type IS DISTINCT FROM 'autovacuum worker'
+                     AND h.allocated IS NOT DISTINCT FROM h.allocated) AS open,
              extract(epoch FROM clock_timestamp())::float8 AS read_at,
-             extract(epoch FROM a.oldest)::float8 AS oldest,
-             a.unknown + (SELECT count(*) FROM pg_prepared_xacts x
-                          WHERE x.database = current_database()) AS unknown
-         FROM (SELECT pg_sequence_last_value($4::int8::oid::regclass) AS allocated OFFSET 0) h,
-              (SELECT min(s.xact_start) AS oldest,
-                      count(*) FILTER (WHERE s.state = 'disabled'
-                                          OR s.query = '<insufficient privilege>') AS unknown
-               FROM pg_stat_activity s
-               WHERE s.datname = current_database()
-                 AND s.backend_type IS DISTINCT FROM 'autovacuum worker') a"
+             (SELECT count(*) FROM pg_prepared_xacts x
+              WHERE x.database = current_database()) AS prepared
+         FROM (SELECT pg_sequence_last_value($4::int8::oid::regclass) AS allocated OFFSET 0) h"
     )
 }
 
@@ -267,12 +268,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_advance_reads_the_clock_after_the_sequence() {
+    fn the_advance_reads_the_open_transactions_after_the_sequence() {
         let sql = advance_statement("event_outbox");
         let sequence = sql.find("pg_sequence_last_value").unwrap_or(usize::MAX);
         let from = sql.find("FROM (SELECT pg_sequence_last_value").unwrap_or(0);
         assert!(sequence >= from, "the sequence is read in the FROM list");
         assert!(sql.contains("OFFSET 0) h"), "kept a subquery of its own");
+        assert!(
+            sql.contains("h.allocated IS NOT DISTINCT FROM h.allocated) AS open"),
+            "the lock subquery refers to the sequence's value"
+        );
         assert!(sql.contains("o.seq >= $2::int8 AND o.seq < $3::int8"));
     }
 

@@ -7,25 +7,24 @@
 //! whether a lower `seq` will still appear. This module can, from the
 //! database's own bookkeeping:
 //!
-//! 1. At instant `a` the relay reads the sequence's last value `S` (every
-//!    `seq` up to `S` was handed out before `a`) and then the clock, `t ≥ a`.
-//!    That pair is a *candidate*.
-//! 2. A transaction that took a `seq ≤ S` started before `a`, so its
-//!    `pg_stat_activity.xact_start` is at most `t`. Once a later reading
-//!    finds every open transaction of the database started after `t`, all
-//!    transactions that could hold a `seq ≤ S` have ended: `S` is *final*,
-//!    and a snapshot taken after that reading sees every row up to `S` that
-//!    will ever exist.
+//! 1. A reading takes the sequence's last value `S` (every `seq` up to `S`
+//!    was handed out before), then the virtual transaction ids of the
+//!    database's open transactions (`pg_locks`: every transaction holds the
+//!    lock on its own id from its start to its end). A transaction that took
+//!    a `seq ≤ S` had started before `S` was read, so it has ended or its id
+//!    is in that set. The pair is a *candidate*.
+//! 2. Once a later reading finds none of the candidate's transactions still
+//!    open, all transactions that could hold a `seq ≤ S` have ended: `S` is
+//!    *final*, and a snapshot taken after that reading sees every row up to
+//!    `S` that will ever exist.
 //!
-//! A reading is inconclusive when it cannot see every session of the
-//! database (a role without `pg_read_all_stats` sees `<insufficient
-//! privilege>` for other roles' sessions, and a session with
-//! `track_activities = off` reports no transaction start) or when a prepared
-//! (two-phase) transaction is waiting: its start is unknown. Candidates then
-//! wait for a conclusive reading. A candidate is also kept for
-//! [`CLOCK_MARGIN`] beyond what the comparison needs, so a step of the
-//! database server's clock smaller than that cannot make a transaction look
-//! younger than it is.
+//! Virtual transaction ids are not reused while the server runs (a
+//! per-session counter), need no privilege to read, and involve no clock,
+//! so the horizon trails the sequence only by the transactions open at a
+//! reading: with short transactions, a reading or two (50 ms each during a
+//! backlog). A reading is inconclusive while a prepared (two-phase)
+//! transaction waits: it holds no virtual transaction id any more.
+//! Candidates then wait for a conclusive reading.
 //!
 //! This only works for a sequence that hands out values in order: `CACHE 1`
 //! (the default) and a positive increment. With a cache, each session takes
@@ -34,39 +33,42 @@
 
 use std::collections::VecDeque;
 
-/// How much older than the oldest open transaction a candidate must be
-/// before it is final, in seconds of the database server's clock.
-pub(crate) const CLOCK_MARGIN: f64 = 1.0;
-
-/// A candidate is recorded at most this often (seconds): the horizon lags
-/// by about [`CLOCK_MARGIN`] anyway, and fewer candidates keep the queue
-/// short.
+/// A candidate is recorded at most this often (seconds), to keep the queue
+/// short when readings come quickly.
 const CANDIDATE_EVERY: f64 = 0.05;
 
 /// At most this many candidates wait; newer ones are not recorded while it
 /// is full (the horizon then advances in bigger steps).
 const MAX_CANDIDATES: usize = 256;
 
-/// One reading of the database: the sequence, the clock right after it, and
-/// what the sessions of the database were doing.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One reading of the database: the sequence, then the transactions open
+/// right after it.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Reading {
     /// The sequence's last handed-out value; `None` before its first.
     pub allocated: Option<i64>,
-    /// `clock_timestamp()` after `allocated` was read, as Unix seconds.
+    /// `clock_timestamp()` of the reading, as Unix seconds; only spaces the
+    /// candidates out.
     pub read_at: f64,
-    /// The earliest `xact_start` of the database's sessions (Unix seconds);
-    /// `None` when none reported one.
-    pub oldest_transaction: Option<f64>,
-    /// Whether some session's transaction start could not be seen, or a
-    /// prepared transaction exists.
+    /// The virtual transaction ids of the database's open transactions
+    /// (other than the reading's own), read after `allocated`.
+    pub open: Vec<String>,
+    /// Whether a prepared transaction exists: its start is unknown.
     pub inconclusive: bool,
+}
+
+/// A sequence value and the transactions that may still hold a value up to
+/// it, sorted.
+#[derive(Debug)]
+struct Candidate {
+    allocated: i64,
+    open: Vec<String>,
 }
 
 /// The highest final `seq` known, and the candidates that may become final.
 #[derive(Debug, Default)]
 pub(crate) struct Horizon {
-    candidates: VecDeque<(i64, f64)>,
+    candidates: VecDeque<Candidate>,
     last_candidate_at: Option<f64>,
     final_seq: Option<i64>,
 }
@@ -77,22 +79,29 @@ impl Horizon {
         self.final_seq
     }
 
-    /// Takes in a reading: candidates older (by more than the margin) than
-    /// every open transaction become final, and the reading's own sequence
-    /// value becomes a candidate.
+    /// Takes in a reading: candidates none of whose transactions is still
+    /// open become final, and the reading's own sequence value becomes a
+    /// candidate.
     ///
-    /// A candidate never becomes final in the reading that recorded it: that
-    /// reading's own transaction started before its clock was read.
-    pub(crate) fn observe(&mut self, reading: Reading) {
+    /// A candidate never becomes final in the reading that recorded it.
+    /// Candidates become final in order: a transaction of an older
+    /// candidate that is still open was open at every later reading too, so
+    /// it is in every later candidate's set.
+    pub(crate) fn observe(&mut self, mut reading: Reading) {
+        reading.open.sort_unstable();
+        reading.open.dedup();
         if !reading.inconclusive {
-            if let Some(oldest) = reading.oldest_transaction {
-                while let Some(&(allocated, read_at)) = self.candidates.front() {
-                    if read_at + CLOCK_MARGIN >= oldest {
-                        break;
-                    }
-                    self.final_seq = Some(self.final_seq.map_or(allocated, |f| f.max(allocated)));
-                    self.candidates.pop_front();
+            while let Some(candidate) = self.candidates.front() {
+                let still_open = candidate
+                    .open
+                    .iter()
+                    .any(|id| reading.open.binary_search(id).is_ok());
+                if still_open {
+                    break;
                 }
+                let allocated = candidate.allocated;
+                self.final_seq = Some(self.final_seq.map_or(allocated, |f| f.max(allocated)));
+                self.candidates.pop_front();
             }
         }
         let Some(allocated) = reading.allocated else {
@@ -102,7 +111,10 @@ impl Horizon {
             .last_candidate_at
             .map_or(true, |last| reading.read_at >= last + CANDIDATE_EVERY);
         if due && self.candidates.len() < MAX_CANDIDATES {
-            self.candidates.push_back((allocated, reading.read_at));
+            self.candidates.push_back(Candidate {
+                allocated,
+                open: reading.open,
+            });
             self.last_candidate_at = Some(reading.read_at);
         }
     }
@@ -112,49 +124,52 @@ impl Horizon {
 mod tests {
     use super::*;
 
-    fn reading(allocated: i64, read_at: f64, oldest: f64) -> Reading {
+    fn reading(allocated: i64, read_at: f64, open: &[&str]) -> Reading {
         Reading {
             allocated: Some(allocated),
             read_at,
-            oldest_transaction: Some(oldest),
+            open: open.iter().map(|id| id.to_string()).collect(),
             inconclusive: false,
         }
     }
 
     #[test]
-    fn a_candidate_is_final_once_every_open_transaction_started_after_it_and_the_margin() {
+    fn a_candidate_is_final_once_none_of_its_transactions_is_open() {
         let mut horizon = Horizon::default();
-        horizon.observe(reading(100, 10.0, 9.9));
+        horizon.observe(reading(100, 10.0, &["3/7", "4/2"]));
         assert_eq!(horizon.final_seq(), None, "never final in its own reading");
-        horizon.observe(reading(150, 10.5, 10.9));
-        assert_eq!(horizon.final_seq(), None, "within the clock margin");
-        horizon.observe(reading(200, 11.2, 10.0));
+        horizon.observe(reading(150, 10.1, &["4/2", "5/1"]));
         assert_eq!(
             horizon.final_seq(),
             None,
-            "a transaction that began before the candidate's reading is still open"
+            "a transaction open when 100 was read is still open"
         );
-        horizon.observe(reading(210, 11.3, 11.05));
+        horizon.observe(reading(200, 10.2, &["5/1", "3/8"]));
         assert_eq!(horizon.final_seq(), Some(100));
-        horizon.observe(reading(220, 20.0, 19.0));
-        assert_eq!(horizon.final_seq(), Some(210), "all but the newest");
+        horizon.observe(reading(210, 10.3, &[]));
+        assert_eq!(horizon.final_seq(), Some(200), "all but the newest");
+        horizon.observe(reading(220, 10.4, &[]));
+        assert_eq!(horizon.final_seq(), Some(210));
+    }
+
+    #[test]
+    fn a_reading_without_open_transactions_makes_the_one_before_final() {
+        let mut horizon = Horizon::default();
+        horizon.observe(reading(100, 10.0, &[]));
+        horizon.observe(reading(100, 10.1, &["9/9"]));
+        assert_eq!(horizon.final_seq(), Some(100));
     }
 
     #[test]
     fn an_inconclusive_reading_finalizes_nothing() {
         let mut horizon = Horizon::default();
-        horizon.observe(reading(100, 10.0, 9.9));
+        horizon.observe(reading(100, 10.0, &["3/7"]));
         horizon.observe(Reading {
             inconclusive: true,
-            ..reading(120, 30.0, 29.0)
+            ..reading(120, 30.0, &[])
         });
-        assert_eq!(horizon.final_seq(), None);
-        horizon.observe(Reading {
-            oldest_transaction: None,
-            ..reading(130, 31.0, 0.0)
-        });
-        assert_eq!(horizon.final_seq(), None, "no transaction start seen");
-        horizon.observe(reading(140, 32.0, 31.5));
+        assert_eq!(horizon.final_seq(), None, "a prepared transaction waits");
+        horizon.observe(reading(140, 32.0, &["6/6"]));
         assert_eq!(horizon.final_seq(), Some(120));
     }
 
@@ -163,9 +178,9 @@ mod tests {
         let mut horizon = Horizon::default();
         horizon.observe(Reading {
             allocated: None,
-            ..reading(0, 10.0, 9.0)
+            ..reading(0, 10.0, &[])
         });
-        horizon.observe(reading(5, 20.0, 19.0));
+        horizon.observe(reading(5, 20.0, &[]));
         assert_eq!(horizon.final_seq(), None);
     }
 
@@ -173,12 +188,12 @@ mod tests {
     fn candidates_are_spaced_and_bounded() {
         let mut horizon = Horizon::default();
         for i in 0..1_000 {
-            horizon.observe(reading(i, 10.0 + f64::from(i as i32) * 0.01, 0.0));
+            horizon.observe(reading(i, 10.0 + f64::from(i as i32) * 0.01, &["1/1"]));
         }
         assert!(horizon.candidates.len() <= 200, "one per 50 ms at most");
         let mut full = Horizon::default();
         for i in 0..10_000 {
-            full.observe(reading(i, f64::from(i as i32), 0.0));
+            full.observe(reading(i, f64::from(i as i32), &["1/1"]));
         }
         assert_eq!(full.candidates.len(), MAX_CANDIDATES);
     }
