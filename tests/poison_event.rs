@@ -269,7 +269,7 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     let s = fixtures::scenario(name, &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     if shards == Shards::LowerHalf {
-        hold_upper_half_for_another_instance(&s.db.pool).await;
+        fixtures::hold_upper_half_for_another_instance(&s.db.pool).await;
     }
     // An aggregate id per position and one for the poison aggregate; for
     // `LowerHalf` only ids whose shard is below 32.
@@ -314,7 +314,7 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
         let owned: Vec<i16> = sqlx::query_scalar(
             "SELECT shard FROM event_outbox_lease WHERE owner <> $1 ORDER BY shard",
         )
-        .bind(NEVER_CLAIMS)
+        .bind(fixtures::NEVER_CLAIMS)
         .fetch_all(&s.db.pool)
         .await
         .unwrap();
@@ -356,30 +356,6 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     handle.shutdown().await.unwrap();
     collector.stop();
     s.db.drop_db().await;
-}
-
-/// The instance id of [`hold_upper_half_for_another_instance`]'s relay.
-const NEVER_CLAIMS: uuid::Uuid = uuid::Uuid::from_u128(0x32);
-
-/// Registers a live relay instance that never claims and gives it the
-/// leases of shards 32..64 for good, so a relay started next takes its fair
-/// share of 32 from the rest: shards 0..32.
-async fn hold_upper_half_for_another_instance(pool: &sqlx::PgPool) {
-    sqlx::query(
-        "INSERT INTO event_outbox_relay (instance_id, hostname, heartbeat_at)
-         VALUES ($1, 'never-claims', now() + interval '1 day')",
-    )
-    .bind(NEVER_CLAIMS)
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE event_outbox_lease SET owner = $1, expires_at = 'infinity' WHERE shard >= 32",
-    )
-    .bind(NEVER_CLAIMS)
-    .execute(pool)
-    .await
-    .unwrap();
 }
 
 /// A failing event whose aggregate has later events spread over a draining

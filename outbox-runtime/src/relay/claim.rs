@@ -3,6 +3,7 @@
 use super::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
 use super::floor::NO_FLOOR;
+use super::proof::{after_claim, Proof};
 use super::seq_runs;
 use crate::identifier::Names;
 use futures::TryStreamExt;
@@ -135,6 +136,10 @@ impl ClaimedRow {
 /// Fields per claimed row, in `claim_select`'s order.
 const CLAIM_FIELDS: usize = 13;
 
+/// Fields per row of a claim ahead's `COPY`: the claimed row's, then
+/// `first_blocking` (see `copy_statement`).
+const COPY_FIELDS: usize = CLAIM_FIELDS + 1;
+
 /// The claim: pending, due rows of owned shards in commit order, skipping
 /// every row that has an earlier row of its aggregate being retried (or
 /// dead, when dead events block their aggregate). A retried row is thus
@@ -235,6 +240,14 @@ const MAX_SKIPPED_RUNS: usize = 2;
 ///
 /// `floor` (see `floor.rs`) bounds the branch below the first run, or the
 /// whole claim without runs; nothing when it is `NO_FLOOR`.
+///
+/// Each row also carries `first_blocking`, the same for all: the first
+/// dead or retrying row of the shards in the claim's snapshot, which tells
+/// whether the claim proves its range (`proof.rs`). It reads at most
+/// [`BLOCKING_ROWS_READ`] rows of the small index of blocking rows (all
+/// shards'); with more there, it is `i64::MIN`, and no claim proves
+/// anything (claims then read their rows in flight again, as without
+/// proofs).
 fn copy_statement(
     outbox: &str,
     shard_mask: i64,
@@ -266,8 +279,21 @@ fn copy_statement(
             not_in_list(in_flight),
         ))
     };
-    format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+    format!(
+        "COPY (SELECT claim.*,
+                      (SELECT CASE WHEN count(*) >= {BLOCKING_ROWS_READ} THEN '{min}'::int8
+                                   ELSE min(b.seq) FILTER (WHERE ((1::int8 << b.shard) & ({shard_mask})::int8) <> 0) END
+                       FROM (SELECT b.seq, b.shard FROM {outbox} b
+                             WHERE b.state = 'dead' OR (b.state = 'pending' AND b.retry_count > 0)
+                             LIMIT {BLOCKING_ROWS_READ}) b) AS first_blocking
+               FROM ({select}) AS claim ORDER BY claim.seq) TO STDOUT (FORMAT binary)",
+        min = i64::MIN
+    )
 }
+
+/// At most this many blocking rows are read for a claim's
+/// `first_blocking` (see `copy_statement`).
+const BLOCKING_ROWS_READ: usize = 100;
 
 /// The `seq` ranges around `runs` (ascending, as `seq_runs::runs` gives
 /// them): below the first (from `from_floor` when given), between each two,
@@ -346,7 +372,7 @@ impl<'a> ClaimFields<'a> for &'a PgRow {
     }
 }
 
-impl<'a> ClaimFields<'a> for Tuple<'a, CLAIM_FIELDS> {
+impl<'a, const N: usize> ClaimFields<'a> for Tuple<'a, N> {
     type Error = CopyFormatError;
     fn int8(&self, field: usize) -> Result<i64, CopyFormatError> {
         Tuple::int8(self, field)
@@ -391,14 +417,17 @@ fn decode<'a, F: ClaimFields<'a>>(fields: &F) -> Result<ClaimedRow, F::Error> {
     ))
 }
 
-/// Reads a whole claim's binary COPY output.
-fn decode_all(data: &[u8]) -> Result<Vec<ClaimedRow>, CopyFormatError> {
+/// Reads a whole claim's binary COPY output: the rows, and the first
+/// blocking row's `seq` they carry.
+fn decode_all(data: &[u8]) -> Result<(Vec<ClaimedRow>, Option<i64>), CopyFormatError> {
     let mut reader = CopyReader::new(data)?;
     let mut rows = Vec::new();
-    while let Some(tuple) = reader.next_tuple::<CLAIM_FIELDS>()? {
+    let mut first_blocking = None;
+    while let Some(tuple) = reader.next_tuple::<COPY_FIELDS>()? {
         rows.push(decode(&tuple)?);
+        first_blocking = tuple.optional_int8(CLAIM_FIELDS)?;
     }
-    Ok(rows)
+    Ok((rows, first_blocking))
 }
 
 /// Shards `0..64` as the bits of an `i64` (shard 63 is the sign bit).
@@ -409,12 +438,16 @@ pub(crate) fn shard_mask(shards: &[i16]) -> i64 {
         .fold(0u64, |mask, &shard| mask | (1u64 << shard)) as i64
 }
 
-/// A claimed batch, and when and how long its claim ran.
+/// A claimed batch, when and how long its claim ran, and what it proved
+/// (`proof.rs`; only a claim ahead proves anything).
 #[derive(Debug)]
 pub(crate) struct Claimed {
     pub rows: Vec<ClaimedRow>,
     pub started: Instant,
     pub took: Duration,
+    pub proof: Option<Proof>,
+    /// Whether the claim started above a proof (for the relay's debug log).
+    pub above_proof: bool,
 }
 
 /// How this relay claims: the statement and the settings that stay the
@@ -475,6 +508,8 @@ impl Claimer {
             rows,
             started,
             took: started.elapsed(),
+            proof: None,
+            above_proof: false,
         })
     }
 
@@ -483,20 +518,39 @@ impl Claimer {
     /// is produced (backlogs), where reading binary COPY data costs the
     /// relay about 1 ms less CPU per 1,000 rows than sqlx's row-by-row
     /// decoding.
+    ///
+    /// `proof`, if it still stands for these shards, lets the claim start
+    /// above it; `final_before` is the horizon's final `seq` now, before the
+    /// claim. The result carries what stands after it (`proof.rs`).
     pub(crate) async fn claim_ahead(
         &self,
         shards: &[i16],
         in_flight: &[i64],
         floor: i64,
         batches: usize,
+        proof: Option<Proof>,
+        final_before: Option<i64>,
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
+        let mask = shard_mask(shards);
+        let used = proof.filter(|proof| proof.bound_for(mask, started).is_some());
+        let (floor, in_flight) = match used {
+            Some(proof) => (
+                floor.max(proof.up_to.saturating_add(1)),
+                in_flight
+                    .iter()
+                    .copied()
+                    .filter(|&seq| seq > proof.up_to)
+                    .collect(),
+            ),
+            None => (floor, in_flight.to_vec()),
+        };
         let statement = copy_statement(
             &self.outbox,
-            shard_mask(shards),
+            mask,
             self.dead_blocks,
             self.limit.saturating_mul(batches),
-            in_flight,
+            &in_flight,
             floor,
         );
         // The data arrives in many CopyData messages; they are joined once,
@@ -509,11 +563,15 @@ impl Claimer {
             .try_collect()
             .await?;
         let data = chunks.concat();
-        let rows = decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        let (rows, first_blocking) =
+            decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        let last = rows.last().map(|row| row.seq);
         Ok(Claimed {
             rows,
             started,
             took: started.elapsed(),
+            proof: after_claim(used, mask, last, final_before, first_blocking, started),
+            above_proof: used.is_some(),
         })
     }
 }
@@ -597,6 +655,15 @@ pub(crate) mod tests {
         assert!(sql.contains("& (-1)::int8"), "{sql}");
         assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
         assert!(sql.contains("LIMIT 500"), "{sql}");
+        assert!(
+            sql.contains("THEN '-9223372036854775808'::int8"),
+            "too many blocking rows prove nothing: {sql}"
+        );
+        assert!(sql.contains("LIMIT 100) b) AS first_blocking"), "{sql}");
+        assert!(
+            sql.ends_with("ORDER BY claim.seq) TO STDOUT (FORMAT binary)"),
+            "{sql}"
+        );
         let none = copy_statement("event_outbox", 5, false, 1, &[], NO_FLOOR);
         assert!(none.contains("AND true\n"), "{none}");
         assert!(!none.contains("UNION ALL"), "{none}");
@@ -629,8 +696,9 @@ pub(crate) mod tests {
         assert!(!sql.contains("UNION ALL"), "{sql}");
     }
 
-    /// Binary COPY data of one claimed row with the given topic.
-    fn copied_row(topic: Option<&str>) -> Vec<u8> {
+    /// Binary COPY data of one claimed row with the given topic and first
+    /// blocking row.
+    fn copied_row(topic: Option<&str>, first_blocking: Option<i64>) -> Vec<u8> {
         use crate::relay::copy_binary::tests::{encode, interval};
         let text = |t: &str| Some(t.as_bytes().to_vec());
         encode(&[vec![
@@ -647,6 +715,7 @@ pub(crate) mod tests {
             None,
             Some(2i32.to_be_bytes().to_vec()),
             Some(interval(250_000, 0, 0)),
+            first_blocking.map(|seq| seq.to_be_bytes().to_vec()),
         ]])
     }
 
@@ -654,7 +723,10 @@ pub(crate) mod tests {
 
     #[test]
     fn claimed_rows_decode_from_binary_copy() {
-        let rows = decode_all(&copied_row(Some("essays.v1"))).unwrap();
+        let (rows, first_blocking) = decode_all(&copied_row(Some("essays.v1"), None)).unwrap();
+        assert_eq!(first_blocking, None);
+        let (_, first_blocking) = decode_all(&copied_row(Some("essays.v1"), Some(7))).unwrap();
+        assert_eq!(first_blocking, Some(7));
         assert_eq!(rows.len(), 1);
         let row = &rows[0];
         assert_eq!(
@@ -672,7 +744,7 @@ pub(crate) mod tests {
         assert_eq!(row.traceparent(), None);
         assert!((row.age_at_claim - 0.25).abs() < 1e-9);
         assert_eq!(
-            decode_all(&copied_row(None)).err(),
+            decode_all(&copied_row(None, None)).err(),
             Some(CopyFormatError::UnexpectedNull { field: 5 }),
             "a NULL topic is an error naming its field"
         );

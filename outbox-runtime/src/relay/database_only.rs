@@ -78,7 +78,7 @@ impl DatabaseOnlyDrain {
         let fresh = self.claimer.claim(&self.shards, in_flight, floor).await?;
         let ahead = self
             .claimer
-            .claim_ahead(&self.shards, in_flight, floor, 1)
+            .claim_ahead(&self.shards, in_flight, floor, 1, None, None)
             .await?;
         Ok((seqs(fresh), seqs(ahead)))
     }
@@ -100,7 +100,7 @@ impl DatabaseOnlyDrain {
     pub async fn next_batch(&mut self) -> Result<Option<DrainedBatch>, sqlx::Error> {
         let claimed = self
             .claimer
-            .claim_ahead(&self.shards, &[], self.floor(), 1)
+            .claim_ahead(&self.shards, &[], self.floor(), 1, None, None)
             .await?;
         if claimed.rows.is_empty() {
             return Ok(None);

@@ -110,6 +110,11 @@ impl ClaimFloor {
         }
     }
 
+    /// The highest `seq` known final (`horizon.rs`), if any.
+    pub(crate) fn final_seq(&self) -> Option<i64> {
+        self.horizon.final_seq()
+    }
+
     /// Whether [`advance`](Self::advance) would do anything now.
     pub(crate) fn due(&self) -> bool {
         self.sequence != Sequence::Unusable && Instant::now() >= self.next_advance

@@ -13,6 +13,7 @@ mod lease;
 mod outcome;
 mod prefetch;
 mod produce;
+mod proof;
 mod seq_runs;
 mod stats;
 mod unfinished;

@@ -16,6 +16,10 @@
 //! and the rest stays, held back again after every round, like a fresh
 //! prefetch.
 //!
+//! What the claim proved (`proof.rs`) stays with its last rows: it is
+//! handed on with the batch that takes them, and dropped with any row held
+//! back.
+//!
 //! Nothing of the prefetch is produced before every acknowledgement of the
 //! current batch is in, so its hold-backs are decided on the current batch's
 //! outcome. The outcome itself is written while the prefetch is produced
@@ -42,11 +46,25 @@ impl Prefetched {
         self.batch.took
     }
 
+    /// Whether its claim started above a proof (`proof.rs`).
+    pub(crate) fn claimed_above_proof(&self) -> bool {
+        self.batch.above_proof
+    }
+
     /// Drops the rows of `unfinished` aggregates, keeping the rest in order.
+    /// Any row not delivered means a pending row outside the flight, so
+    /// the claim's proof goes too, whether or not a row here was dropped.
     pub(crate) fn hold_back(&mut self, unfinished: &Unfinished) {
         if !unfinished.is_empty() {
             self.batch.rows.retain(|row| !unfinished.holds(row));
+            self.forget_proof();
         }
+    }
+
+    /// Drops what the claim proved: a row below it is pending and not in
+    /// flight (an outcome that could not be written).
+    pub(crate) fn forget_proof(&mut self) {
+        self.batch.proof = None;
     }
 
     /// The next batch of at most `limit` rows and the rows left for the
@@ -67,6 +85,8 @@ impl Prefetched {
                 rows: batch.rows.split_off(limit),
                 started: batch.started,
                 took: batch.took,
+                proof: batch.proof.take(),
+                above_proof: batch.above_proof,
             },
             shards,
         });
@@ -78,6 +98,7 @@ impl Prefetched {
 mod tests {
     use super::*;
     use crate::relay::claim::{tests::row as typed_row, ClaimedRow};
+    use crate::relay::proof::Proof;
     use std::time::Instant;
 
     fn row(seq: i64, aggregate: &str) -> ClaimedRow {
@@ -95,6 +116,12 @@ mod tests {
             rows,
             started: Instant::now(),
             took: Duration::ZERO,
+            proof: Some(Proof {
+                up_to: 99,
+                mask: 0b11,
+                chain_started: Instant::now(),
+            }),
+            above_proof: false,
         };
         Prefetched::new(batch, shards.to_vec())
     }
@@ -117,6 +144,26 @@ mod tests {
         prefetched.hold_back(&unfinished("essay", "a"));
         let kept = owned_batch(prefetched, &[0, 1]).unwrap();
         assert_eq!(seqs(&kept), [6, 8]);
+    }
+
+    #[test]
+    fn the_proof_goes_with_the_last_rows_and_with_any_hold_back() {
+        let rows = (1..=5).map(|seq| row(seq, "a")).collect();
+        let (first, second) = prefetched(rows, &[0, 1])
+            .into_next_batch(&[0, 1], 3)
+            .unwrap();
+        assert!(first.proof.is_none(), "the first batch leaves rows behind");
+        let mut second = second.unwrap();
+        assert!(second.batch.proof.is_some());
+        second.hold_back(&unfinished("essay", "elsewhere"));
+        assert_eq!(second.batch.rows.len(), 2, "no row of that aggregate here");
+        assert!(
+            second.batch.proof.is_none(),
+            "but a row is pending elsewhere"
+        );
+
+        let whole = prefetched(vec![row(1, "a")], &[0]);
+        assert!(owned_batch(whole, &[0]).unwrap().proof.is_some());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
 use super::prefetch::Prefetched;
 use super::produce::produce_batch;
+use super::proof::Proof;
 use super::stats::RelayCounters;
 use super::unrecorded::Unrecorded;
 use super::{Relay, RelayConfig};
@@ -471,18 +472,23 @@ impl Worker {
     /// of its own, while `rows` are produced: decoding a claimed batch is
     /// CPU work that would otherwise hold up this task while it enqueues and
     /// collects acknowledgements.
+    ///
+    /// `proof`, what the claim of `rows` proved (`proof.rs`), lets the
+    /// claim start above them.
     fn claim_ahead(
         &self,
         rows: &[ClaimedRow],
         batches: usize,
+        proof: Option<Proof>,
     ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let in_flight = self.unrecorded_seqs(rows);
         let floor = self.claim_floor();
+        let final_before = self.floor.as_ref().and_then(ClaimFloor::final_seq);
         tokio::spawn(async move {
             let batch = claimer
-                .claim_ahead(&shards, &in_flight, floor, batches)
+                .claim_ahead(&shards, &in_flight, floor, batches, proof, final_before)
                 .await?;
             Ok(Prefetched::new(batch, shards))
         })
@@ -497,6 +503,8 @@ impl Worker {
             rows,
             started: claimed_at,
             took: claim_took,
+            proof,
+            ..
         } = batch;
         let claimed = rows.len();
         // A full batch means a backlog: claim the next one meanwhile (two,
@@ -512,7 +520,7 @@ impl Worker {
         };
         let claiming =
             (claimed >= self.claimer.limit() && !self.stopping() && self.prefetched.is_none())
-                .then(|| self.claim_ahead(&rows, batches));
+                .then(|| self.claim_ahead(&rows, batches, proof));
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
         // it may hold rows behind the previous batch's failures too.
@@ -579,9 +587,12 @@ impl Worker {
                 return Err(error);
             }
         };
-        let next_claim_ms = match &next {
-            Some(Ok(prefetched)) => Some(prefetched.claim_took().as_secs_f64() * 1e3),
-            _ => None,
+        let (next_claim_ms, next_claim_above_proof) = match &next {
+            Some(Ok(prefetched)) => (
+                Some(prefetched.claim_took().as_secs_f64() * 1e3),
+                Some(prefetched.claimed_above_proof()),
+            ),
+            _ => (None, None),
         };
         match next {
             _ if broker_unreachable => self.prefetched = None,
@@ -606,6 +617,7 @@ impl Worker {
             claim_ms = claim_took.as_secs_f64() * 1e3,
             produce_ms = produce_took.as_secs_f64() * 1e3,
             next_claim_ms,
+            next_claim_above_proof,
             previous_record_ms,
             "outbox batch produced"
         );
@@ -623,6 +635,10 @@ impl Worker {
             if self.record(batch).await.is_err() {
                 self.counters.error();
                 self.metric_error(ErrorKind::Database);
+                // Its rows stay pending below what the prefetch proved.
+                if let Some(prefetched) = self.prefetched.as_mut() {
+                    prefetched.forget_proof();
+                }
             }
         }
     }
