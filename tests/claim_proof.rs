@@ -217,15 +217,7 @@ async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_
     .await
     .unwrap();
 
-    let mut kafka = fixtures::kafka(&bootstrap);
-    kafka.set("message.max.bytes", "50000");
-    let mut config = fixtures::relay_config(&s.prefix);
-    config.batch_size = 20;
-    config.max_retries = 1;
-    let handle = Relay::new(s.db.pool.clone(), kafka, config)
-        .await
-        .unwrap()
-        .spawn();
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 20).await;
 
     let mut dead_id = None;
     for _ in 0..600 {

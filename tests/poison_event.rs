@@ -206,7 +206,7 @@ async fn failure_holds_back_its_aggregate_in_a_fresh_claim_made_before_it_is_mar
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario("fresh", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    let handle = spawn_strict_relay(&s, &bootstrap, 50).await;
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 50).await;
 
     let event = |id: &str, seq: i64, content: String| EssayUploadedV1 {
         essay_id: id.into(),
@@ -305,7 +305,7 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     }
     tx.commit().await.unwrap();
 
-    let handle = spawn_strict_relay(&s, &bootstrap, 10).await;
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 10).await;
 
     let delivered = collector.wait_for(others, Duration::from_secs(60)).await;
     let t = fixtures::report(&format!("hold_back_{name}"), others, &delivered);
@@ -457,22 +457,4 @@ async fn eventually(pool: &sqlx::PgPool, query: &str, tries: usize, every: Durat
         tokio::time::sleep(every).await;
     }
     false
-}
-
-/// A relay whose producer refuses messages over 50,000 bytes, with batches
-/// of `batch_size` and one retry before an event is dead.
-async fn spawn_strict_relay(
-    s: &fixtures::Scenario,
-    bootstrap: &str,
-    batch_size: usize,
-) -> outbox::RelayHandle {
-    let mut kafka = fixtures::kafka(bootstrap);
-    kafka.set("message.max.bytes", "50000");
-    let mut config = fixtures::relay_config(&s.prefix);
-    config.batch_size = batch_size;
-    config.max_retries = 1;
-    Relay::new(s.db.pool.clone(), kafka, config)
-        .await
-        .unwrap()
-        .spawn()
 }
