@@ -170,7 +170,7 @@ pub const SETTLE_AT_MOST: Duration = Duration::from_secs(300);
 
 /// Where a message read from a partition goes, by its offset.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Placement {
+pub enum Placement {
     /// The next offset, or one past a gap.
     Next,
     /// An offset of an earlier gap.
@@ -195,7 +195,7 @@ enum Placement {
 /// reads a gap again from the broker, so it reports what the broker holds.
 /// A message the broker does not hold stays missing, and the test fails.
 #[derive(Debug, Default)]
-struct PartitionLog {
+pub struct PartitionLog {
     next: Option<i64>,
     missing: BTreeSet<i64>,
     seen: HashSet<i64>,
@@ -203,7 +203,7 @@ struct PartitionLog {
 }
 
 impl PartitionLog {
-    fn place(&mut self, offset: i64) -> Placement {
+    pub fn place(&mut self, offset: i64) -> Placement {
         if !self.seen.insert(offset) {
             return Placement::Seen;
         }
@@ -218,7 +218,7 @@ impl PartitionLog {
     }
 
     /// The first skipped offset, at most every 200 ms.
-    fn seek_to(&mut self) -> Option<i64> {
+    pub fn seek_to(&mut self) -> Option<i64> {
         let first = *self.missing.first()?;
         if self
             .last_seek
