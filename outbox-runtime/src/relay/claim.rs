@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgPoolCopyExt, PgRow};
 use sqlx::{PgPool, Row};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -534,7 +535,8 @@ impl Claimer {
         let started = Instant::now();
         let mask = shard_mask(shards);
         let used = proof.filter(|proof| proof.bound_for(mask, started).is_some());
-        let (floor, in_flight) = match used {
+        // Above a proof, only the rows in flight above it are left out.
+        let (floor, in_flight): (i64, Cow<'_, [i64]>) = match used {
             Some(proof) => (
                 floor.max(proof.up_to.saturating_add(1)),
                 in_flight
@@ -543,7 +545,7 @@ impl Claimer {
                     .filter(|&seq| seq > proof.up_to)
                     .collect(),
             ),
-            None => (floor, in_flight.to_vec()),
+            None => (floor, Cow::Borrowed(in_flight)),
         };
         let statement = copy_statement(
             &self.outbox,

@@ -78,13 +78,14 @@ struct BatchResult {
 /// Batches a relay that owns only some of the shards claims ahead at once.
 ///
 /// Its rows in flight (the batch being produced and the one being marked)
-/// lie between other relays' rows, so its claims cannot skip them by range
-/// as a relay with every shard does (`claim.rs`, `copy_statement`): each
-/// claim of one batch read them again, 2,000 rows for 1,000 claimed.
-/// Claiming two batches at once, the second left in `prefetched` for the
-/// round after the first, reads them once per two batches: with two
-/// relays on two cores Postgres used about a fifth less CPU per event
-/// (docs/benchmarks.md §6).
+/// lie between other relays' rows, so a claim that cannot start above them
+/// (no proof stands, `proof.rs`) cannot skip them by range as a relay with
+/// every shard does (`claim.rs`, `copy_statement`): it reads them again,
+/// 2,000 rows for 1,000 claimed. Claiming two batches at once, the second
+/// left in `prefetched` for the round after the first, reads them once per
+/// two batches: with two relays on two cores Postgres used about a fifth
+/// less CPU per event (docs/benchmarks.md §6, measured before claims above
+/// a proven batch, which skip them whenever a proof stands).
 const PARTIAL_OWNER_CLAIM_BATCHES: usize = 2;
 
 /// Doubling delays from `min` to `max`, with jitter, without end.
@@ -513,7 +514,8 @@ impl Worker {
         // everything there was; what commits meanwhile is better claimed
         // fresh after this batch, in one round, than split across a
         // claim-ahead and the round after it.
-        let batches = if shard_mask(self.leases.owned()) == -1 {
+        let mask = shard_mask(self.leases.owned());
+        let batches = if mask == -1 {
             1
         } else {
             PARTIAL_OWNER_CLAIM_BATCHES
@@ -536,7 +538,6 @@ impl Worker {
         }
         let mut floor = self.floor.take_if(|floor| floor.due());
         let first_in_flight = rows.iter().map(|row| row.seq).min();
-        let mask = shard_mask(self.leases.owned());
         let produce_started = Instant::now();
         let ((outcomes, produce_took), previous_recorded) = tokio::join!(
             async {
