@@ -16,6 +16,7 @@
 mod fixtures;
 mod support;
 
+use fixtures::Shards;
 use outbox::{Outbox, OutboxEvent, Relay};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -27,15 +28,6 @@ struct LedgerEntryPostedV1 {
     #[outbox_event(aggregate_id)]
     account_id: String,
     seq: i64,
-}
-
-/// Which shards the relay under test owns.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Shards {
-    All,
-    /// 0..32: another instance holds the rest (its rows lie between the
-    /// relay's own, as with two relays).
-    LowerHalf,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,19 +78,10 @@ async fn late_commit_scenario(name: &str, shards: Shards) {
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario(name, &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    if shards == Shards::LowerHalf {
-        fixtures::hold_upper_half_for_another_instance(&s.db.pool).await;
-    }
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM (SELECT 'acct-' || i AS id, i FROM generate_series(0, 9999) i) c
-         WHERE NOT $1 OR (hashtextextended('account/' || id, 0) & 63) < 32
-         ORDER BY i LIMIT $2",
-    )
-    .bind(shards == Shards::LowerHalf)
-    .bind((LATE + 60) as i64)
-    .fetch_all(&s.db.pool)
-    .await
-    .unwrap();
+    shards.prepare(&s.db.pool).await;
+    let ids = shards
+        .aggregate_ids(&s.db.pool, "account", "acct-", LATE + 60)
+        .await;
     let (late_ids, backlog_ids) = ids.split_at(LATE);
     let mut next = HashMap::new();
 

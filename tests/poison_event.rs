@@ -6,6 +6,7 @@
 mod fixtures;
 mod support;
 
+use fixtures::Shards;
 use outbox::{OutboxEvent, Relay};
 use serde::Serialize;
 use std::time::Duration;
@@ -176,16 +177,6 @@ async fn failure_holds_back_its_aggregate_in_the_second_batch_of_a_claim_of_two(
     hold_back_scenario("reserve", 15, &[24, 33], Shards::LowerHalf).await;
 }
 
-/// Which shards the relay of a hold-back scenario gets.
-#[derive(Clone, Copy, PartialEq)]
-enum Shards {
-    /// All 64: the relay is alone.
-    All,
-    /// 0..32: a live instance that never claims holds 32..64, and every
-    /// event of the scenario is of an aggregate in 0..32.
-    LowerHalf,
-}
-
 /// The relay also writes a batch's outcome while it produces the next one,
 /// and a full next batch has the batch after it claimed meanwhile: before
 /// the failure is written, so the claim statement cannot see it. The
@@ -268,21 +259,12 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario(name, &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    if shards == Shards::LowerHalf {
-        fixtures::hold_upper_half_for_another_instance(&s.db.pool).await;
-    }
+    shards.prepare(&s.db.pool).await;
     // An aggregate id per position and one for the poison aggregate; for
     // `LowerHalf` only ids whose shard is below 32.
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM (SELECT 'agg-' || i AS id, i FROM generate_series(0, 9999) i) c
-         WHERE NOT $1 OR (hashtextextended('essay/' || id, 0) & 63) < 32
-         ORDER BY i LIMIT $2",
-    )
-    .bind(shards == Shards::LowerHalf)
-    .bind(EVENTS as i64 + 1)
-    .fetch_all(&s.db.pool)
-    .await
-    .unwrap();
+    let ids = shards
+        .aggregate_ids(&s.db.pool, "essay", "agg-", EVENTS + 1)
+        .await;
     let poison = &ids[EVENTS];
 
     let event = |id: &str, seq: i64, content: String| EssayUploadedV1 {

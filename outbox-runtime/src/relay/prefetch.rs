@@ -133,6 +133,15 @@ mod tests {
             .map(|(batch, _)| batch)
     }
 
+    /// The first batch of a claim of rows 1..=5 taken three at a time
+    /// under shards 0 and 1, and the rest.
+    fn five_rows_in_batches_of_three() -> (Claimed, Option<Prefetched>) {
+        let rows = (1..=5).map(|seq| row(seq, "a")).collect();
+        prefetched(rows, &[0, 1])
+            .into_next_batch(&[0, 1], 3)
+            .unwrap()
+    }
+
     fn seqs(batch: &Claimed) -> Vec<i64> {
         batch.rows.iter().map(|r| r.seq).collect()
     }
@@ -148,10 +157,7 @@ mod tests {
 
     #[test]
     fn the_proof_goes_with_the_last_rows_and_with_any_hold_back() {
-        let rows = (1..=5).map(|seq| row(seq, "a")).collect();
-        let (first, second) = prefetched(rows, &[0, 1])
-            .into_next_batch(&[0, 1], 3)
-            .unwrap();
+        let (first, second) = five_rows_in_batches_of_three();
         assert!(first.proof.is_none(), "the first batch leaves rows behind");
         let mut second = second.unwrap();
         assert!(second.batch.proof.is_some());
@@ -175,10 +181,7 @@ mod tests {
 
     #[test]
     fn a_claim_of_two_batches_splits_in_order_under_the_same_shards() {
-        let rows = (1..=5).map(|seq| row(seq, "a")).collect();
-        let (first, second) = prefetched(rows, &[0, 1])
-            .into_next_batch(&[0, 1], 3)
-            .unwrap();
+        let (first, second) = five_rows_in_batches_of_three();
         let (second, after) = second.unwrap().into_next_batch(&[0, 1], 3).unwrap();
         assert!(after.is_none(), "nothing after the first three");
         assert_eq!(seqs(&first), [1, 2, 3]);
