@@ -3,7 +3,7 @@
 use crate::broker::Broker;
 use crate::setup::{
     checkpoint, insert_backlog, load_backlog, prime_statistics, topic, wait_drained,
-    wait_first_delivery, BenchDb, BoxError, Env, RelayProcess, WalCounters, TOPIC,
+    wait_first_delivery, wake_relays, BenchDb, BoxError, Env, RelayProcess, WalCounters, TOPIC,
 };
 use crate::stats::{median, ms, percentile, Bound, Report};
 use futures::future::join_all;
@@ -815,6 +815,11 @@ async fn drain_with_processes(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         insert_backlog(&db.pool, backlog, 10_000).await?;
+        // A publish through the framework wakes every relay at its commit
+        // (`pg_notify`, handle.rs); this raw insert does the same, so two
+        // relays start together instead of at their next polls, up to
+        // 50 ms apart in a drain of under a second.
+        wake_relays(&db.pool).await?;
         procs
     };
     // Start-up (process, leases, metadata) is not measured.

@@ -164,6 +164,15 @@ pub async fn insert_backlog(pool: &PgPool, n: i64, aggregates: i64) -> Result<()
     Ok(())
 }
 
+/// Wakes the relays listening on the default schema's channel, as the
+/// commit of a publish does.
+pub async fn wake_relays(pool: &PgPool) -> Result<(), BoxError> {
+    sqlx::query("SELECT pg_notify('outbox_wakeup', '')")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Ends the checkpoint the load's own WAL started, so a drain measured next
 /// starts from a clean checkpoint instead of inheriting one part-way (which
 /// hit the 1,000,000-row drain and not the 10,000-row one). Needs superuser
