@@ -177,6 +177,21 @@ async fn failure_holds_back_its_aggregate_in_the_second_batch_of_a_claim_of_two(
     hold_back_scenario("reserve", 15, &[24, 33], Shards::LowerHalf).await;
 }
 
+/// A relay that owns only some of the shards starts the claim after its
+/// kept second batch while the first one is produced, and awaits it a round
+/// later (worker.rs, `early_claim`). That claim starts while the outcome of
+/// the batch before is written, so the claim statement may not see that
+/// batch's failure; the round after it no longer holds that failure. The
+/// poison event is in batch 1 and its aggregate's next event in the batches
+/// claimed early (33): it must not be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_holds_back_its_aggregate_in_a_claim_started_a_round_early() {
+    // Batch 1 (0..10) with the poison event at 5; 10..30 claimed while it
+    // is produced, as two full batches; 30..40 claimed while 10..20 is
+    // produced, as batch 1's outcome is written.
+    hold_back_scenario("early", 5, &[33], Shards::LowerHalf).await;
+}
+
 /// The relay also writes a batch's outcome while it produces the next one,
 /// and a full next batch has the batch after it claimed meanwhile: before
 /// the failure is written, so the claim statement cannot see it. The

@@ -6,6 +6,7 @@ mod config;
 mod copy_binary;
 #[doc(hidden)]
 pub mod database_only;
+mod early_claim;
 mod envelope_shape;
 mod floor;
 mod horizon;

@@ -26,6 +26,7 @@
 //! (see `unrecorded`).
 
 use super::claim::Claimed;
+use super::proof::Proof;
 use super::unfinished::Unfinished;
 use std::time::Duration;
 
@@ -49,6 +50,21 @@ impl Prefetched {
     /// Whether its claim started above a proof (`proof.rs`).
     pub(crate) fn claimed_above_proof(&self) -> bool {
         self.batch.above_proof
+    }
+
+    /// How many rows it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.batch.rows.len()
+    }
+
+    /// The `seq`s of its rows, in order.
+    pub(crate) fn seqs(&self) -> impl Iterator<Item = i64> + '_ {
+        self.batch.rows.iter().map(|row| row.seq)
+    }
+
+    /// What its claim proved, while that stands.
+    pub(crate) fn proof(&self) -> Option<Proof> {
+        self.batch.proof
     }
 
     /// Drops the rows of `unfinished` aggregates, keeping the rest in order.
@@ -98,7 +114,6 @@ impl Prefetched {
 mod tests {
     use super::*;
     use crate::relay::claim::{tests::row as typed_row, ClaimedRow};
-    use crate::relay::proof::Proof;
     use std::time::Instant;
 
     fn row(seq: i64, aggregate: &str) -> ClaimedRow {

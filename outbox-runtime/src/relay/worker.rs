@@ -2,6 +2,7 @@
 
 use super::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
+use super::early_claim::EarlyClaim;
 use super::floor::ClaimFloor;
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
@@ -62,6 +63,10 @@ pub(crate) struct Worker {
     /// or for a relay that owns only some of the shards up to
     /// [`PARTIAL_OWNER_CLAIM_BATCHES`], taken one per round.
     prefetched: Option<Prefetched>,
+    /// The claim of the batches after the prefetch's last one, started
+    /// while the batch before it is produced (`early_claim.rs`); only
+    /// beside a prefetch.
+    early_claim: Option<EarlyClaim>,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -85,7 +90,9 @@ struct BatchResult {
 /// left in `prefetched` for the round after the first, reads them once per
 /// two batches: with two relays on two cores Postgres used about a fifth
 /// less CPU per event (docs/benchmarks.md §6, measured before claims above
-/// a proven batch, which skip them whenever a proof stands).
+/// a proven batch, which skip them whenever a proof stands). Such a claim
+/// reads the other relays' rows among its own and takes longer than
+/// producing a batch, so it starts a round early (`early_claim.rs`).
 const PARTIAL_OWNER_CLAIM_BATCHES: usize = 2;
 
 /// Doubling delays from `min` to `max`, with jitter, without end.
@@ -165,6 +172,7 @@ impl Worker {
             metrics,
             next_queue_gauges: Instant::now(),
             prefetched: None,
+            early_claim: None,
             unrecorded: None,
         }
     }
@@ -257,6 +265,7 @@ impl Worker {
     async fn finish(&mut self) {
         // Nothing is in flight here: batches are awaited before the loop
         // checks for shutdown, and the last outcome is written now.
+        self.discard_early_claim().await;
         self.flush_unrecorded().await;
         if let Err(error) = self.leases.release_all(&self.pool).await {
             tracing::warn!(%error, "outbox relay could not give its leases back; they expire after the TTL");
@@ -375,7 +384,11 @@ impl Worker {
     /// pending rows: the claims of a steady trickle of events then skip the
     /// rows delivered since the last vacuum as a backlog's claims do.
     async fn advance_floor_while_idle(&mut self) {
-        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
+        if self.unrecorded.is_some()
+            || self.prefetched.is_some()
+            || self.early_claim.is_some()
+            || !self.leases.usable()
+        {
             return;
         }
         let mask = shard_mask(self.leases.owned());
@@ -421,6 +434,9 @@ impl Worker {
                 batch
             }
             None => {
+                // The prefetch an early claim was started beside is gone
+                // (shards moved): its rows are claimed afresh below.
+                self.discard_early_claim().await;
                 // A fresh claim cannot drop rows behind an unwritten failure
                 // (a claim ahead can, see `deliver`): write that one first.
                 if self
@@ -438,6 +454,7 @@ impl Worker {
             }
         };
         if batch.rows.is_empty() {
+            self.discard_early_claim().await;
             self.flush_unrecorded().await;
             return Ok(BatchResult {
                 claimed: 0,
@@ -474,17 +491,20 @@ impl Worker {
     /// CPU work that would otherwise hold up this task while it enqueues and
     /// collects acknowledgements.
     ///
-    /// `proof`, what the claim of `rows` proved (`proof.rs`), lets the
-    /// claim start above them.
+    /// `waiting`, the rows of a prefetch not produced yet, are left out too.
+    /// `proof`, what the claim of the last rows in flight proved
+    /// (`proof.rs`), lets the claim start above them.
     fn claim_ahead(
         &self,
         rows: &[ClaimedRow],
+        waiting: &[i64],
         batches: usize,
         proof: Option<Proof>,
     ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
-        let in_flight = self.unrecorded_seqs(rows);
+        let mut in_flight = self.unrecorded_seqs(rows);
+        in_flight.extend_from_slice(waiting);
         let floor = self.claim_floor();
         let final_before = self.floor.as_ref().and_then(ClaimFloor::final_seq);
         tokio::spawn(async move {
@@ -520,9 +540,26 @@ impl Worker {
         } else {
             PARTIAL_OWNER_CLAIM_BATCHES
         };
-        let claiming =
-            (claimed >= self.claimer.limit() && !self.stopping() && self.prefetched.is_none())
-                .then(|| self.claim_ahead(&rows, batches, proof));
+        let full = claimed >= self.claimer.limit() && !self.stopping();
+        let claiming = match self.early_claim.take() {
+            // Started last round, beside this batch, the prefetch's last.
+            Some(early) => Some(early),
+            None => (full && self.prefetched.is_none())
+                .then(|| EarlyClaim::new(self.claim_ahead(&rows, &[], batches, proof))),
+        };
+        // The prefetch's last batch waits, full: the claim after it starts
+        // now and runs through this round and the next (`early_claim.rs`).
+        if claiming.is_none() && full && batches > 1 {
+            let last = self
+                .prefetched
+                .as_ref()
+                .filter(|next| next.len() == self.claimer.limit());
+            if let Some(last) = last {
+                let waiting: Vec<i64> = last.seqs().collect();
+                let handle = self.claim_ahead(&rows, &waiting, batches, last.proof());
+                self.early_claim = Some(EarlyClaim::new(handle));
+            }
+        }
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
         // it may hold rows behind the previous batch's failures too.
@@ -573,7 +610,7 @@ impl Worker {
         self.unrecorded = Some(current);
         // Awaited even when it is not used, so no claim outlives its batch.
         let next = match claiming {
-            Some(claiming) => claiming.await.ok(),
+            Some(claiming) => claiming.land().await,
             None => None,
         };
         if broker_unreachable || self.stopping() {
@@ -585,6 +622,7 @@ impl Worker {
                 // Rows left from an earlier claim ahead go too, as a claim
                 // made this round does: the next round claims afresh.
                 self.prefetched = None;
+                self.discard_early_claim().await;
                 return Err(error);
             }
         };
@@ -595,6 +633,9 @@ impl Worker {
             ),
             _ => (None, None),
         };
+        if broker_unreachable {
+            self.discard_early_claim().await;
+        }
         match next {
             _ if broker_unreachable => self.prefetched = None,
             Some(Ok(prefetched)) => self.prefetched = Some(prefetched),
@@ -608,6 +649,9 @@ impl Worker {
         // claimed before this round's outcome was known.
         if let Some(prefetched) = self.prefetched.as_mut() {
             prefetched.hold_back(&held_back);
+        }
+        if let Some(early) = self.early_claim.as_mut() {
+            early.hold_back(&held_back);
         }
         tracing::debug!(
             claimed,
@@ -640,7 +684,18 @@ impl Worker {
                 if let Some(prefetched) = self.prefetched.as_mut() {
                     prefetched.forget_proof();
                 }
+                if let Some(early) = self.early_claim.as_mut() {
+                    early.forget_proof();
+                }
             }
+        }
+    }
+
+    /// Waits for a claim started early and throws it away (its prefetch is
+    /// not produced as claimed).
+    async fn discard_early_claim(&mut self) {
+        if let Some(early) = self.early_claim.take() {
+            early.discard().await;
         }
     }
 
