@@ -17,7 +17,7 @@ mod fixtures;
 mod support;
 
 use fixtures::Shards;
-use outbox::{Outbox, OutboxEvent, Relay};
+use outbox::{Outbox, OutboxEvent};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -107,12 +107,7 @@ async fn late_commit_scenario(name: &str, shards: Shards) {
     }
     commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
 
-    let mut config = fixtures::relay_config(&s.prefix);
-    config.batch_size = 20;
-    let handle = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config)
-        .await
-        .unwrap()
-        .spawn();
+    let handle = fixtures::spawn_relay(&s, &bootstrap, 20).await;
 
     // Once the relay claims above the open rows (the first backlog gone,
     // the second begun), they commit, each followed at once by its

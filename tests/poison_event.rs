@@ -179,7 +179,7 @@ async fn failure_holds_back_its_aggregate_in_the_second_batch_of_a_claim_of_two(
 
 /// A relay that owns only some of the shards starts the claim after its
 /// kept second batch while the first one is produced, and awaits it a round
-/// later (worker.rs, `early_claim`). That claim starts while the outcome of
+/// later (worker.rs, `early_claim`; relay/pending_claim.rs). That claim starts while the outcome of
 /// the batch before is written, so the claim statement may not see that
 /// batch's failure; the round after it no longer holds that failure. The
 /// poison event is in batch 1 and its aggregate's next event in the batches

@@ -244,12 +244,7 @@ async fn a_late_commit_below_a_draining_backlog_is_delivered_during_the_drain() 
     })
     .await
     .unwrap();
-    let mut config = fixtures::relay_config(&s.prefix);
-    config.batch_size = 2;
-    let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config)
-        .await
-        .unwrap()
-        .spawn();
+    let relay = fixtures::spawn_relay(&s, &bootstrap, 2).await;
     let writing = Arc::new(AtomicBool::new(true));
     let writer = {
         let outbox = s.outbox.clone();

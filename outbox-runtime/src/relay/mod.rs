@@ -6,12 +6,12 @@ mod config;
 mod copy_binary;
 #[doc(hidden)]
 pub mod database_only;
-mod early_claim;
 mod envelope_shape;
 mod floor;
 mod horizon;
 mod lease;
 mod outcome;
+mod pending_claim;
 mod prefetch;
 mod produce;
 mod proof;

@@ -2,10 +2,10 @@
 
 use super::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
-use super::early_claim::EarlyClaim;
 use super::floor::ClaimFloor;
 use super::lease::Leases;
 use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
+use super::pending_claim::PendingClaim;
 use super::prefetch::Prefetched;
 use super::produce::produce_batch;
 use super::proof::Proof;
@@ -64,9 +64,9 @@ pub(crate) struct Worker {
     /// [`PARTIAL_OWNER_CLAIM_BATCHES`], taken one per round.
     prefetched: Option<Prefetched>,
     /// The claim of the batches after the prefetch's last one, started
-    /// while the batch before it is produced (`early_claim.rs`); only
+    /// while the batch before it is produced (`pending_claim.rs`); only
     /// beside a prefetch.
-    early_claim: Option<EarlyClaim>,
+    early_claim: Option<PendingClaim>,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -92,7 +92,7 @@ struct BatchResult {
 /// less CPU per event (docs/benchmarks.md §6, measured before claims above
 /// a proven batch, which skip them whenever a proof stands). Such a claim
 /// reads the other relays' rows among its own and takes longer than
-/// producing a batch, so it starts a round early (`early_claim.rs`).
+/// producing a batch, so it starts a round early (`pending_claim.rs`).
 const PARTIAL_OWNER_CLAIM_BATCHES: usize = 2;
 
 /// Doubling delays from `min` to `max`, with jitter, without end.
@@ -497,14 +497,14 @@ impl Worker {
     fn claim_ahead(
         &self,
         rows: &[ClaimedRow],
-        waiting: &[i64],
+        waiting: impl IntoIterator<Item = i64>,
         batches: usize,
         proof: Option<Proof>,
     ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let shards = self.leases.owned().to_vec();
         let mut in_flight = self.unrecorded_seqs(rows);
-        in_flight.extend_from_slice(waiting);
+        in_flight.extend(waiting);
         let floor = self.claim_floor();
         let final_before = self.floor.as_ref().and_then(ClaimFloor::final_seq);
         tokio::spawn(async move {
@@ -545,19 +545,18 @@ impl Worker {
             // Started last round, beside this batch, the prefetch's last.
             Some(early) => Some(early),
             None => (full && self.prefetched.is_none())
-                .then(|| EarlyClaim::new(self.claim_ahead(&rows, &[], batches, proof))),
+                .then(|| PendingClaim::new(self.claim_ahead(&rows, [], batches, proof))),
         };
         // The prefetch's last batch waits, full: the claim after it starts
-        // now and runs through this round and the next (`early_claim.rs`).
+        // now and runs through this round and the next (`pending_claim.rs`).
         if claiming.is_none() && full && batches > 1 {
             let last = self
                 .prefetched
                 .as_ref()
                 .filter(|next| next.len() == self.claimer.limit());
             if let Some(last) = last {
-                let waiting: Vec<i64> = last.seqs().collect();
-                let handle = self.claim_ahead(&rows, &waiting, batches, last.proof());
-                self.early_claim = Some(EarlyClaim::new(handle));
+                let handle = self.claim_ahead(&rows, last.seqs(), batches, last.proof());
+                self.early_claim = Some(PendingClaim::new(handle));
             }
         }
         let previous = self.unrecorded.take();
@@ -621,8 +620,7 @@ impl Worker {
             Err(error) => {
                 // Rows left from an earlier claim ahead go too, as a claim
                 // made this round does: the next round claims afresh.
-                self.prefetched = None;
-                self.discard_early_claim().await;
+                self.drop_prefetch().await;
                 return Err(error);
             }
         };
@@ -633,11 +631,8 @@ impl Worker {
             ),
             _ => (None, None),
         };
-        if broker_unreachable {
-            self.discard_early_claim().await;
-        }
         match next {
-            _ if broker_unreachable => self.prefetched = None,
+            _ if broker_unreachable => self.drop_prefetch().await,
             Some(Ok(prefetched)) => self.prefetched = Some(prefetched),
             Some(Err(error)) => {
                 // The next round claims afresh and reports a lasting error.
@@ -689,6 +684,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Throws away what was claimed ahead: the prefetch, and the claim
+    /// started early beside it.
+    async fn drop_prefetch(&mut self) {
+        self.prefetched = None;
+        self.discard_early_claim().await;
     }
 
     /// Waits for a claim started early and throws it away (its prefetch is

@@ -1,12 +1,14 @@
-//! A claim ahead started one round early.
+//! A claim ahead that has not landed yet, and what it must drop when it
+//! lands.
 //!
-//! A relay that owns only some of the shards claims two batches at once
-//! (`PARTIAL_OWNER_CLAIM_BATCHES` in `worker.rs`). Its rows lie between
+//! A claim ahead runs in a task of its own while the current batch is
+//! produced, and is usually awaited at the end of that round. A relay that
+//! owns only some of the shards claims two batches at once
+//! (`PARTIAL_OWNER_CLAIM_BATCHES` in `worker.rs`); its rows lie between
 //! other relays' rows, so that claim reads twice the rows it returns and
-//! takes longer than producing a batch: awaited within the round that
-//! started it, it held that round up. Started instead while the first of
-//! the two batches is produced, it runs through that round and the next,
-//! and is awaited at the end of the round that produces the second.
+//! takes longer than producing a batch. It starts a round early instead:
+//! while the first of the two batches before it is produced, and it lands
+//! at the end of the round that produces the second.
 //!
 //! Order and ownership stay as for any claim ahead (`prefetch.rs`):
 //!
@@ -25,18 +27,18 @@ use super::prefetch::Prefetched;
 use super::unfinished::Unfinished;
 use tokio::task::JoinHandle;
 
-/// A claim ahead running across rounds, and what it must drop when it
-/// lands.
+/// A claim ahead not landed yet (for a relay with some of the shards,
+/// possibly across two rounds), and what it must drop when it lands.
 #[derive(Debug)]
-pub(crate) struct EarlyClaim {
+pub(crate) struct PendingClaim {
     claim: JoinHandle<Result<Prefetched, sqlx::Error>>,
-    /// Aggregates that did not get through the rounds it spans so far.
+    /// Aggregates that did not get through the rounds it spanned so far.
     held_back: Unfinished,
     /// An outcome below its start could not be written.
     proof_lost: bool,
 }
 
-impl EarlyClaim {
+impl PendingClaim {
     pub(crate) fn new(claim: JoinHandle<Result<Prefetched, sqlx::Error>>) -> Self {
         Self {
             claim,
@@ -60,7 +62,10 @@ impl EarlyClaim {
     pub(crate) async fn land(self) -> Option<Result<Prefetched, sqlx::Error>> {
         let mut landed = self.claim.await.ok()?;
         if let Ok(prefetched) = landed.as_mut() {
-            apply(prefetched, &self.held_back, self.proof_lost);
+            prefetched.hold_back(&self.held_back);
+            if self.proof_lost {
+                prefetched.forget_proof();
+            }
         }
         Some(landed)
     }
@@ -69,13 +74,6 @@ impl EarlyClaim {
     /// prefetch it was started beside.
     pub(crate) async fn discard(self) {
         let _ = self.claim.await;
-    }
-}
-
-fn apply(prefetched: &mut Prefetched, held_back: &Unfinished, proof_lost: bool) {
-    prefetched.hold_back(held_back);
-    if proof_lost {
-        prefetched.forget_proof();
     }
 }
 
@@ -105,8 +103,8 @@ mod tests {
         )
     }
 
-    fn early(prefetched: Prefetched) -> EarlyClaim {
-        EarlyClaim::new(tokio::spawn(async move { Ok(prefetched) }))
+    fn pending(prefetched: Prefetched) -> PendingClaim {
+        PendingClaim::new(tokio::spawn(async move { Ok(prefetched) }))
     }
 
     fn seqs(prefetched: &Prefetched) -> Vec<i64> {
@@ -115,7 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn lands_whole_when_every_round_got_through() {
-        let mut claim = early(claimed());
+        let mut claim = pending(claimed());
         claim.hold_back(&Unfinished::default());
         let landed = claim.land().await.and_then(Result::ok);
         let landed = landed.as_ref().map(|p| (seqs(p), p.proof().is_some()));
@@ -124,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn holds_back_what_any_round_it_spanned_did_not_get_through() {
-        let mut claim = early(claimed());
+        let mut claim = pending(claimed());
         let mut first_round = Unfinished::default();
         first_round.insert(&row(3, "essay", "a"));
         claim.hold_back(&first_round);
@@ -140,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outcome_not_written_meanwhile_voids_the_proof() {
-        let mut claim = early(claimed());
+        let mut claim = pending(claimed());
         claim.forget_proof();
         let landed = claim.land().await.and_then(Result::ok);
         let landed = landed.as_ref().map(|p| (seqs(p), p.proof().is_some()));
