@@ -149,14 +149,17 @@ async fn the_floor_stays_at_the_first_dead_row_so_sending_it_again_delivers_it()
         .await
         .unwrap();
     outbox::admin::retry(&db.pool, None, id).await.unwrap();
-    // It comes first, with the 17 later rows of its aggregate (40, 50, …,
-    // 200) that waited behind it.
+    // It comes first and alone, as the head of its aggregate; the 17 later
+    // rows of its aggregate (40, 50, …, 200) that waited behind it follow
+    // once it is delivered.
     let batch = drain.next_batch().await.unwrap();
     assert_eq!(
         batch.map(|b| b.rows),
-        Some(18),
-        "the row sent again is claimed"
+        Some(1),
+        "the row sent again is claimed, alone"
     );
+    let batch = drain.next_batch().await.unwrap();
+    assert_eq!(batch.map(|b| b.rows), Some(17), "then its aggregate's rows");
     assert_eq!(drain_all(&mut drain, &db.pool).await, 0);
     db.drop_db().await;
 }

@@ -327,7 +327,10 @@ async fn retry_all_by_topic_resets_dead_events() {
             .await
             .unwrap();
     assert_eq!(row.0, "pending");
-    assert_eq!(row.1, 0, "a fresh retry budget");
+    assert_eq!(
+        row.1, 1,
+        "a fresh retry budget, and still the head of its aggregate"
+    );
     assert_eq!(
         row.2.as_deref(),
         Some("Broker: Message size too large"),

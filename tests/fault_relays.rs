@@ -10,10 +10,9 @@ mod support;
 
 use outbox::{Outbox, OutboxEvent, Relay, RelayConfig, RelayHandle};
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -295,23 +294,16 @@ async fn lost_database_connections_are_survived() {
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario("connloss", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    let app = format!("outbox-relay-{}", s.prefix.trim_end_matches('.'));
-    let options = PgConnectOptions::from_str(&s.db.url)
-        .unwrap()
-        .application_name(&app);
-    let relay_pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .unwrap();
     let relay = Relay::new(
-        relay_pool,
+        s.db.pool.clone(),
         fixtures::kafka(&bootstrap),
         fixtures::relay_config(&s.prefix),
     )
     .await
-    .unwrap()
-    .spawn();
+    .unwrap();
+    // The relay's own connections carry its instance id.
+    let app = format!("outbox-relay/{}", relay.instance_id());
+    let relay = relay.spawn();
     let writers = spawn_writers(&s.outbox, 2, 10, 150, 10); // 3,000 events
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {

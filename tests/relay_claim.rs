@@ -45,7 +45,7 @@ async fn claim_ahead_skips_in_flight_runs_by_range_and_returns_what_the_fresh_cl
     outbox_with_holes_and_held_back_aggregates(&db.pool).await;
     // Batches of 12: the limit cuts through the rows of the ranges, so the
     // merge of the claim ahead's branches must keep `seq` order.
-    let drain = DatabaseOnlyDrain::new(db.pool.clone(), 12);
+    let mut drain = DatabaseOnlyDrain::new(db.pool.clone(), 12);
     let seqs = |range: std::ops::RangeInclusive<i64>| range.collect::<Vec<i64>>();
     let cases: Vec<(&str, Vec<i64>)> = vec![
         ("nothing in flight", vec![]),

@@ -294,14 +294,17 @@ pub async fn show(
     row.as_ref().map(event_detail).transpose()
 }
 
-/// Sends dead event `id` again: it becomes pending with a fresh retry budget
-/// (`retry_count` 0), due now. Its `last_error` is kept, so the reason stays
-/// visible until the event is delivered (delivery clears it; a new failure
-/// replaces it). Running relays are woken.
+/// Sends dead event `id` again: it becomes pending, due now, with
+/// `retry_count` 1 (a fresh retry budget less the attempt that brought it
+/// here). Its `last_error` is kept, so the reason stays visible until the
+/// event is delivered (delivery clears it; a new failure replaces it).
+/// Running relays are woken.
 ///
-/// Ordering holds: later events of the aggregate that waited behind it are
-/// still produced after it, since the relay produces an aggregate's events
-/// in `seq` order and holds the later ones if it fails again.
+/// Ordering holds: a pending row with `retry_count` above 0 is the head of
+/// its aggregate, so the relay produces it alone, and the later events of
+/// the aggregate that waited behind it are claimed only once it is
+/// delivered. Were it claimed beside them, a failure of it could let them
+/// reach the broker first.
 ///
 /// Fails with [`AdminError::NotFound`] when no row has the id and
 /// [`AdminError::NotDead`] when the event is not dead.
@@ -312,7 +315,7 @@ pub async fn retry(pool: &PgPool, schema: Option<&SchemaName>, id: Uuid) -> Resu
         .await
         .map_err(AdminError::db("beginning the retry transaction"))?;
     let sql = format!(
-        "UPDATE {} SET state = 'pending', retry_count = 0, next_attempt_at = now()
+        "UPDATE {} SET state = 'pending', retry_count = 1, next_attempt_at = now()
          WHERE id = $1 AND state = 'dead'",
         names.outbox
     );
@@ -356,7 +359,7 @@ pub async fn retry_all(
         .await
         .map_err(AdminError::db("beginning the retry transaction"))?;
     let sql = format!(
-        "UPDATE {} SET state = 'pending', retry_count = 0, next_attempt_at = now()
+        "UPDATE {} SET state = 'pending', retry_count = 1, next_attempt_at = now()
          WHERE state = 'dead' AND ($1::text IS NULL OR topic = $1)",
         names.outbox
     );

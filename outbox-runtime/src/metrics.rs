@@ -79,6 +79,11 @@ pub(crate) enum ErrorKind {
     BrokerUnreachable,
     /// The broker refused one message; it will be retried.
     Delivery,
+    /// The producer failed fatally and was replaced.
+    Producer,
+    /// An event reached the broker after an earlier event of its aggregate
+    /// failed; it is sent again after that event.
+    Reordered,
 }
 
 impl EncodeLabelValue for ErrorKind {
@@ -87,6 +92,8 @@ impl EncodeLabelValue for ErrorKind {
             Self::Database => "database",
             Self::BrokerUnreachable => "broker_unreachable",
             Self::Delivery => "delivery",
+            Self::Producer => "producer",
+            Self::Reordered => "reordered",
         })
     }
 }

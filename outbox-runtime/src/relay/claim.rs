@@ -3,14 +3,13 @@
 use super::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
 use super::envelope_shape::is_envelope;
 use super::floor::NO_FLOOR;
-use super::proof::{after_claim, Proof};
+use super::lease::Fence;
 use super::seq_runs;
 use crate::identifier::Names;
 use futures::TryStreamExt;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgPoolCopyExt, PgRow};
 use sqlx::{PgPool, Row};
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,10 +136,6 @@ impl ClaimedRow {
 /// Fields per claimed row, in `claim_select`'s order.
 const CLAIM_FIELDS: usize = 13;
 
-/// Fields per row of a claim ahead's `COPY`: the claimed row's, then
-/// `first_blocking` (see `copy_statement`).
-const COPY_FIELDS: usize = CLAIM_FIELDS + 1;
-
 /// The claim: pending, due rows of owned shards in commit order, skipping
 /// every row that has an earlier row of its aggregate being retried (or
 /// dead, when dead events block their aggregate). A retried row is thus
@@ -151,9 +146,11 @@ const COPY_FIELDS: usize = CLAIM_FIELDS + 1;
 /// fresh claim (`select_statement`), numbers written into the statement for
 /// the `COPY` of a claim ahead (`copy_statement`, COPY takes no parameters).
 ///
-/// `shard_mask` is the set of owned shards as a bit mask (bit `n` for shard
-/// `n`): one integer operation per row, where `shard = ANY(array)` compared
-/// each row against up to 64 elements.
+/// `shard_mask` is the set of shards the claim may take rows of, as a bit
+/// mask (bit `n` for shard `n`): one integer operation per row, where
+/// `shard = ANY(array)` compared each row against up to 64 elements. It is
+/// the lease fence's mask (`lease.rs`, `Fence::mask_sql`), evaluated once per
+/// statement: the shards this relay still holds at the epochs it knows.
 ///
 /// `seq_filter` leaves out the rows of the batches still in flight or not
 /// yet marked: they are still `pending`. It is either a hashed lookup
@@ -190,7 +187,7 @@ fn claim_select(
                 now() - o.created_at AS age_at_claim
          FROM {outbox} o
          WHERE o.state = 'pending'
-           AND ((1::int8 << o.shard) & ({shard_mask})::int8) <> 0
+           AND ((1::int8 << o.shard) & {shard_mask}) <> 0
            AND o.next_attempt_at <= now()
            AND {seq_filter}
            AND NOT EXISTS (
@@ -204,16 +201,16 @@ fn claim_select(
     )
 }
 
-/// The claim as a statement with bind parameters: `$1` the shard mask,
-/// `$2` whether dead rows block, `$3` the limit, `$4` the excluded `seq`s,
-/// `$5` the claim floor (`floor.rs`; `i64::MIN` for none).
-fn select_statement(outbox: &str) -> String {
+/// The claim as a statement with bind parameters: `$1` whether dead rows
+/// block, `$2` the limit, `$3` the excluded `seq`s, `$4` the claim floor
+/// (`floor.rs`; `i64::MIN` for none); `fence_mask` the lease fence's SQL.
+fn select_statement(outbox: &str, fence_mask: &str) -> String {
     claim_select(
         outbox,
+        fence_mask,
         "$1",
         "$2",
-        "$3",
-        "o.seq >= $5 AND o.seq NOT IN (SELECT unnest($4::int8[]))",
+        "o.seq >= $4 AND o.seq NOT IN (SELECT unnest($3::int8[]))",
     )
 }
 
@@ -223,9 +220,9 @@ fn select_statement(outbox: &str) -> String {
 const MAX_SKIPPED_RUNS: usize = 2;
 
 /// The claim as `COPY (SELECT …) TO STDOUT (FORMAT binary)`, its values
-/// written into the statement: every one is a number or a boolean formatted
-/// here, never text from elsewhere (the table name is a validated
-/// identifier, see `Names`).
+/// written into the statement: every one is a number, a boolean or the
+/// fence (`Fence::mask_sql`) formatted here, never text from elsewhere (the
+/// table names are validated identifiers, see `Names`).
 ///
 /// The rows in flight are the first pending rows, so a hashed exclusion
 /// made the index scan fetch and discard each of them before the first row
@@ -241,26 +238,18 @@ const MAX_SKIPPED_RUNS: usize = 2;
 ///
 /// `floor` (see `floor.rs`) bounds the branch below the first run, or the
 /// whole claim without runs; nothing when it is `NO_FLOOR`.
-///
-/// Each row also carries `first_blocking`, the same for all: the first
-/// dead or retrying row of the shards in the claim's snapshot, which tells
-/// whether the claim proves its range (`proof.rs`). It reads at most
-/// [`BLOCKING_ROWS_READ`] rows of the small index of blocking rows (all
-/// shards'); with more there, it is `i64::MIN`, and no claim proves
-/// anything (claims then read their rows in flight again, as without
-/// proofs).
 fn copy_statement(
     outbox: &str,
-    shard_mask: i64,
+    fence_mask: &str,
     dead_blocks: bool,
     limit: usize,
     in_flight: &[i64],
     floor: i64,
 ) -> String {
-    let (shard_mask, limit) = (shard_mask.to_string(), limit.to_string());
+    let limit = limit.to_string();
     let dead_blocks = if dead_blocks { "true" } else { "false" };
     let branch =
-        |seq_filter: &str| claim_select(outbox, &shard_mask, dead_blocks, &limit, seq_filter);
+        |seq_filter: &str| claim_select(outbox, fence_mask, dead_blocks, &limit, seq_filter);
     let from_floor = (floor != NO_FLOOR).then(|| format!("o.seq >= {floor}"));
     let runs = seq_runs::runs(in_flight);
     let select = if runs.is_empty() {
@@ -280,21 +269,8 @@ fn copy_statement(
             not_in_list(in_flight),
         ))
     };
-    format!(
-        "COPY (SELECT claim.*,
-                      (SELECT CASE WHEN count(*) >= {BLOCKING_ROWS_READ} THEN '{min}'::int8
-                                   ELSE min(b.seq) FILTER (WHERE ((1::int8 << b.shard) & ({shard_mask})::int8) <> 0) END
-                       FROM (SELECT b.seq, b.shard FROM {outbox} b
-                             WHERE b.state = 'dead' OR (b.state = 'pending' AND b.retry_count > 0)
-                             LIMIT {BLOCKING_ROWS_READ}) b) AS first_blocking
-               FROM ({select}) AS claim ORDER BY claim.seq) TO STDOUT (FORMAT binary)",
-        min = i64::MIN
-    )
+    format!("COPY ({select}) TO STDOUT (FORMAT binary)")
 }
-
-/// At most this many blocking rows are read for a claim's
-/// `first_blocking` (see `copy_statement`).
-const BLOCKING_ROWS_READ: usize = 100;
 
 /// The `seq` ranges around `runs` (ascending, as `seq_runs::runs` gives
 /// them): below the first (from `from_floor` when given), between each two,
@@ -418,17 +394,14 @@ fn decode<'a, F: ClaimFields<'a>>(fields: &F) -> Result<ClaimedRow, F::Error> {
     ))
 }
 
-/// Reads a whole claim's binary COPY output: the rows, and the first
-/// blocking row's `seq` they carry.
-fn decode_all(data: &[u8]) -> Result<(Vec<ClaimedRow>, Option<i64>), CopyFormatError> {
+/// Reads a whole claim's binary COPY output.
+fn decode_all(data: &[u8]) -> Result<Vec<ClaimedRow>, CopyFormatError> {
     let mut reader = CopyReader::new(data)?;
     let mut rows = Vec::new();
-    let mut first_blocking = None;
-    while let Some(tuple) = reader.next_tuple::<COPY_FIELDS>()? {
+    while let Some(tuple) = reader.next_tuple::<CLAIM_FIELDS>()? {
         rows.push(decode(&tuple)?);
-        first_blocking = tuple.optional_int8(CLAIM_FIELDS)?;
     }
-    Ok((rows, first_blocking))
+    Ok(rows)
 }
 
 /// Shards `0..64` as the bits of an `i64` (shard 63 is the sign bit).
@@ -439,16 +412,14 @@ pub(crate) fn shard_mask(shards: &[i16]) -> i64 {
         .fold(0u64, |mask, &shard| mask | (1u64 << shard)) as i64
 }
 
-/// A claimed batch, when and how long its claim ran, and what it proved
-/// (`proof.rs`; only a claim ahead proves anything).
+/// A claimed batch, when and how long its claim ran, and the fence it was
+/// claimed under.
 #[derive(Debug)]
 pub(crate) struct Claimed {
     pub rows: Vec<ClaimedRow>,
     pub started: Instant,
     pub took: Duration,
-    pub proof: Option<Proof>,
-    /// Whether the claim started above a proof (for the relay's debug log).
-    pub above_proof: bool,
+    pub fence: Fence,
 }
 
 /// How this relay claims: the statement and the settings that stay the
@@ -457,7 +428,7 @@ pub(crate) struct Claimed {
 pub(crate) struct Claimer {
     pool: PgPool,
     outbox: Arc<str>,
-    select: Arc<str>,
+    lease: Arc<str>,
     dead_blocks: bool,
     limit: usize,
 }
@@ -469,7 +440,7 @@ impl Claimer {
         Self {
             pool,
             outbox: names.outbox.as_str().into(),
-            select: select_statement(&names.outbox).into(),
+            lease: names.lease.as_str().into(),
             dead_blocks,
             limit,
         }
@@ -480,21 +451,21 @@ impl Claimer {
         self.limit
     }
 
-    /// The next batch of `shards`, leaving out `in_flight` (the `seq`s of
-    /// the batches produced but not yet marked, if any), as a `SELECT`.
-    /// Used for fresh claims, the wake-up path: with small batches it gave
-    /// lower end-to-end latency than the `COPY` of `claim_ahead`
-    /// (docs/benchmarks.md, profile of the third session).
+    /// The next batch of the shards under `fence`, leaving out
+    /// `in_flight` (the `seq`s of the batches produced but not yet marked,
+    /// if any), as a `SELECT`. Used for fresh claims, the wake-up path: with
+    /// small batches it gives lower end-to-end latency than the `COPY` of
+    /// `claim_ahead`.
     pub(crate) async fn claim(
         &self,
-        shards: &[i16],
+        fence: &Fence,
         in_flight: &[i64],
         floor: i64,
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
-        let rows = sqlx::query(&self.select)
+        let statement = select_statement(&self.outbox, &fence.mask_sql(&self.lease, true));
+        let rows = sqlx::query(&statement)
             .persistent(false)
-            .bind(shard_mask(shards))
             .bind(self.dead_blocks)
             .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))
             .bind(in_flight)
@@ -509,50 +480,27 @@ impl Claimer {
             rows,
             started,
             took: started.elapsed(),
-            proof: None,
-            above_proof: false,
+            fence: fence.clone(),
         })
     }
 
-    /// Like [`claim`](Self::claim), as a binary `COPY`, for `batches`
-    /// batches at once: used for the batches claimed ahead while a full one
-    /// is produced (backlogs), where reading binary COPY data costs the
-    /// relay about 1 ms less CPU per 1,000 rows than sqlx's row-by-row
-    /// decoding.
-    ///
-    /// `proof`, if it still stands for these shards, lets the claim start
-    /// above it; `final_before` is the horizon's final `seq` now, before the
-    /// claim. The result carries what stands after it (`proof.rs`).
+    /// Like [`claim`](Self::claim), as a binary `COPY`: used for the batch
+    /// claimed ahead while a full one is produced (backlogs), where reading
+    /// binary COPY data costs the relay about 1 ms less CPU per 1,000 rows
+    /// than sqlx's row-by-row decoding.
     pub(crate) async fn claim_ahead(
         &self,
-        shards: &[i16],
+        fence: &Fence,
         in_flight: &[i64],
         floor: i64,
-        batches: usize,
-        proof: Option<Proof>,
-        final_before: Option<i64>,
     ) -> Result<Claimed, sqlx::Error> {
         let started = Instant::now();
-        let mask = shard_mask(shards);
-        let used = proof.filter(|proof| proof.bound_for(mask, started).is_some());
-        // Above a proof, only the rows in flight above it are left out.
-        let (floor, in_flight): (i64, Cow<'_, [i64]>) = match used {
-            Some(proof) => (
-                floor.max(proof.up_to.saturating_add(1)),
-                in_flight
-                    .iter()
-                    .copied()
-                    .filter(|&seq| seq > proof.up_to)
-                    .collect(),
-            ),
-            None => (floor, Cow::Borrowed(in_flight)),
-        };
         let statement = copy_statement(
             &self.outbox,
-            mask,
+            &fence.mask_sql(&self.lease, true),
             self.dead_blocks,
-            self.limit.saturating_mul(batches),
-            &in_flight,
+            self.limit,
+            in_flight,
             floor,
         );
         // The data arrives in many CopyData messages; they are joined once,
@@ -565,15 +513,12 @@ impl Claimer {
             .try_collect()
             .await?;
         let data = chunks.concat();
-        let (rows, first_blocking) =
-            decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-        let last = rows.last().map(|row| row.seq);
+        let rows = decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         Ok(Claimed {
             rows,
             started,
             took: started.elapsed(),
-            proof: after_claim(used, mask, last, final_before, first_blocking, started),
-            above_proof: used.is_some(),
+            fence: fence.clone(),
         })
     }
 }
@@ -626,47 +571,53 @@ pub(crate) mod tests {
         assert!(!bad.envelope_ok, "\"a\" is not an envelope");
     }
 
+    const FENCE: &str = "(FENCE)";
+
     #[test]
     fn the_fresh_claim_binds_its_values() {
-        let sql = select_statement("event_outbox");
+        let sql = select_statement("event_outbox", FENCE);
         assert!(sql.starts_with("SELECT o.seq"), "{sql}");
-        assert!(sql.contains("& ($1)::int8"), "{sql}");
-        assert!(sql.contains("b.state = 'dead' AND $2"), "{sql}");
-        assert!(sql.contains("LIMIT $3"), "{sql}");
-        assert!(sql.contains("unnest($4::int8[])"), "{sql}");
-        assert!(sql.contains("o.seq >= $5 AND"), "{sql}");
+        assert!(
+            sql.contains("(1::int8 << o.shard) & (FENCE)) <> 0"),
+            "{sql}"
+        );
+        assert!(sql.contains("b.state = 'dead' AND $1"), "{sql}");
+        assert!(sql.contains("LIMIT $2"), "{sql}");
+        assert!(sql.contains("unnest($3::int8[])"), "{sql}");
+        assert!(sql.contains("o.seq >= $4 AND"), "{sql}");
     }
 
     #[test]
     fn a_floor_bounds_only_what_lies_below_the_runs_in_flight() {
-        let none = copy_statement("event_outbox", -1, true, 100, &[], 40);
+        let none = copy_statement("event_outbox", FENCE, true, 100, &[], 40);
         assert!(none.contains("AND o.seq >= 40\n"), "{none}");
-        let ranges = copy_statement("event_outbox", -1, true, 100, &[50, 51], 40);
+        let ranges = copy_statement("event_outbox", FENCE, true, 100, &[50, 51], 40);
         assert!(ranges.contains("o.seq >= 40 AND o.seq < 50\n"), "{ranges}");
         assert!(ranges.contains("AND o.seq > 51\n"), "{ranges}");
-        let hashed = copy_statement("event_outbox", -1, true, 100, &[50, 52, 54], 40);
+        let hashed = copy_statement("event_outbox", FENCE, true, 100, &[50, 52, 54], 40);
         assert!(hashed.contains("o.seq >= 40 AND o.seq NOT IN"), "{hashed}");
     }
 
     #[test]
-    fn the_claim_ahead_writes_only_numbers_into_the_copy() {
-        let sql = copy_statement("\"s\".event_outbox", -1, true, 500, &[3, -4, 5], NO_FLOOR);
-        assert!(sql.starts_with("COPY ("), "{sql}");
+    fn the_claim_ahead_writes_only_numbers_and_the_fence_into_the_copy() {
+        let sql = copy_statement(
+            "\"s\".event_outbox",
+            FENCE,
+            true,
+            500,
+            &[3, -4, 5],
+            NO_FLOOR,
+        );
+        assert!(sql.starts_with("COPY (SELECT o.seq"), "{sql}");
         assert!(sql.ends_with(") TO STDOUT (FORMAT binary)"), "{sql}");
         assert!(sql.contains("FROM \"s\".event_outbox o"), "{sql}");
-        assert!(sql.contains("& (-1)::int8"), "{sql}");
-        assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
-        assert!(sql.contains("LIMIT 500"), "{sql}");
         assert!(
-            sql.contains("THEN '-9223372036854775808'::int8"),
-            "too many blocking rows prove nothing: {sql}"
-        );
-        assert!(sql.contains("LIMIT 100) b) AS first_blocking"), "{sql}");
-        assert!(
-            sql.ends_with("ORDER BY claim.seq) TO STDOUT (FORMAT binary)"),
+            sql.contains("(1::int8 << o.shard) & (FENCE)) <> 0"),
             "{sql}"
         );
-        let none = copy_statement("event_outbox", 5, false, 1, &[], NO_FLOOR);
+        assert!(sql.contains("b.state = 'dead' AND true"), "{sql}");
+        assert!(sql.contains("LIMIT 500"), "{sql}");
+        let none = copy_statement("event_outbox", FENCE, false, 1, &[], NO_FLOOR);
         assert!(none.contains("AND true\n"), "{none}");
         assert!(!none.contains("UNION ALL"), "{none}");
         assert!(none.contains("b.state = 'dead' AND false"), "{none}");
@@ -674,14 +625,14 @@ pub(crate) mod tests {
 
     #[test]
     fn the_claim_ahead_skips_up_to_two_runs_in_flight_by_range() {
-        let one = copy_statement("event_outbox", -1, true, 100, &[12, 10, 11], NO_FLOOR);
+        let one = copy_statement("event_outbox", FENCE, true, 100, &[12, 10, 11], NO_FLOOR);
         assert!(one.contains("AND o.seq < 10\n"), "{one}");
         assert!(one.contains("AND o.seq > 12\n"), "{one}");
         assert_eq!(one.matches("UNION ALL").count(), 1, "{one}");
         assert!(one.contains(") AS claim ORDER BY seq LIMIT 100)"), "{one}");
         assert!(!one.contains("NOT IN"), "{one}");
 
-        let two = copy_statement("event_outbox", -1, true, 100, &[3, 4, 8, 9], NO_FLOOR);
+        let two = copy_statement("event_outbox", FENCE, true, 100, &[3, 4, 8, 9], NO_FLOOR);
         assert!(two.contains("o.seq < 3\n"), "{two}");
         assert!(two.contains("o.seq > 4 AND o.seq < 8\n"), "{two}");
         assert!(two.contains("o.seq > 9\n"), "{two}");
@@ -690,7 +641,7 @@ pub(crate) mod tests {
 
     #[test]
     fn more_runs_in_flight_fall_back_to_the_hashed_exclusion() {
-        let sql = copy_statement("event_outbox", -1, true, 100, &[3, -4, 5], NO_FLOOR);
+        let sql = copy_statement("event_outbox", FENCE, true, 100, &[3, -4, 5], NO_FLOOR);
         assert!(
             sql.contains("o.seq NOT IN (SELECT unnest('{3,-4,5}'::int8[]))"),
             "{sql}"
@@ -698,9 +649,8 @@ pub(crate) mod tests {
         assert!(!sql.contains("UNION ALL"), "{sql}");
     }
 
-    /// Binary COPY data of one claimed row with the given topic and first
-    /// blocking row.
-    fn copied_row(topic: Option<&str>, first_blocking: Option<i64>) -> Vec<u8> {
+    /// Binary COPY data of one claimed row with the given topic.
+    fn copied_row(topic: Option<&str>) -> Vec<u8> {
         use crate::relay::copy_binary::tests::{encode, interval};
         let text = |t: &str| Some(t.as_bytes().to_vec());
         encode(&[vec![
@@ -717,7 +667,6 @@ pub(crate) mod tests {
             None,
             Some(2i32.to_be_bytes().to_vec()),
             Some(interval(250_000, 0, 0)),
-            first_blocking.map(|seq| seq.to_be_bytes().to_vec()),
         ]])
     }
 
@@ -725,10 +674,7 @@ pub(crate) mod tests {
 
     #[test]
     fn claimed_rows_decode_from_binary_copy() {
-        let (rows, first_blocking) = decode_all(&copied_row(Some("essays.v1"), None)).unwrap();
-        assert_eq!(first_blocking, None);
-        let (_, first_blocking) = decode_all(&copied_row(Some("essays.v1"), Some(7))).unwrap();
-        assert_eq!(first_blocking, Some(7));
+        let rows = decode_all(&copied_row(Some("essays.v1"))).unwrap();
         assert_eq!(rows.len(), 1);
         let row = &rows[0];
         assert_eq!(
@@ -746,7 +692,7 @@ pub(crate) mod tests {
         assert_eq!(row.traceparent(), None);
         assert!((row.age_at_claim - 0.25).abs() < 1e-9);
         assert_eq!(
-            decode_all(&copied_row(None, None)).err(),
+            decode_all(&copied_row(None)).err(),
             Some(CopyFormatError::UnexpectedNull { field: 5 }),
             "a NULL topic is an error naming its field"
         );

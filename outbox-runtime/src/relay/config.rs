@@ -87,6 +87,35 @@ pub struct RelayConfig {
     /// in-process signal of commits in this process (default true). `false`
     /// leaves only polling every `poll_interval`.
     pub listen: bool,
+    /// Switches for measuring what each relay mechanism buys; all on by
+    /// default. Not a tuning knob: `outbox-bench`'s `relay_mechanisms`
+    /// scenario turns one off at a time.
+    #[doc(hidden)]
+    pub mechanisms: Mechanisms,
+}
+
+/// The relay's optional mechanisms (see `docs/design/relay.md`), each of
+/// which only makes the relay faster; turning one off keeps every
+/// guarantee.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mechanisms {
+    /// Claim the next batch while a full one is produced.
+    pub claim_ahead: bool,
+    /// Write a batch's outcome while the next one is produced.
+    pub record_while_producing: bool,
+    /// Start claims at the claim floor instead of the pending index's start.
+    pub claim_floor: bool,
+}
+
+impl Default for Mechanisms {
+    fn default() -> Self {
+        Self {
+            claim_ahead: true,
+            record_while_producing: true,
+            claim_floor: true,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -105,6 +134,7 @@ impl Default for RelayConfig {
             message_timeout: Duration::from_secs(10),
             trailing_poll: Duration::from_millis(5),
             listen: true,
+            mechanisms: Mechanisms::default(),
         }
     }
 }

@@ -140,14 +140,6 @@ impl<'a, const N: usize> Tuple<'a, N> {
         self.fixed(field).map(i64::from_be_bytes)
     }
 
-    /// An `int8`, `None` for `NULL`.
-    pub(crate) fn optional_int8(&self, field: usize) -> Result<Option<i64>, CopyFormatError> {
-        match self.field(field) {
-            None => Ok(None),
-            Some(_) => self.int8(field).map(Some),
-        }
-    }
-
     /// An `int4`.
     pub(crate) fn int4(&self, field: usize) -> Result<i32, CopyFormatError> {
         self.fixed(field).map(i32::from_be_bytes)

@@ -6,11 +6,12 @@
 
 use super::claim::{shard_mask, Claimer};
 use super::floor::ClaimFloor;
-use super::lease::SHARDS;
+use super::lease::{Fence, SHARDS};
 use super::outcome::OutcomeSql;
 use crate::identifier::Names;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// One claimed and deleted batch.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +25,9 @@ pub struct DrainedBatch {
 }
 
 /// Drains `event_outbox` (default schema) in batches, as a relay holding
-/// every shard would, without producing anything. Its claims start at the
+/// every shard would, without producing anything. It takes every shard's
+/// lease for itself at its first claim (for an hour), so its claims and
+/// marks carry the relay's lease fence; run it while no relay runs. Its claims start at the
 /// relay's claim floor (see [`advance_floor`](Self::advance_floor)), moved
 /// after each batch at most every 50 ms, as the relay moves it.
 ///
@@ -46,6 +49,8 @@ pub struct DatabaseOnlyDrain {
     outcome: OutcomeSql,
     shards: Vec<i16>,
     floor: ClaimFloor,
+    lease_table: String,
+    fence: Option<Fence>,
 }
 
 impl DatabaseOnlyDrain {
@@ -58,8 +63,35 @@ impl DatabaseOnlyDrain {
             claimer: Claimer::new(pool.clone(), &names, true, batch_size),
             outcome: OutcomeSql::new(&names),
             shards: (0..SHARDS).filter_map(|s| i16::try_from(s).ok()).collect(),
+            lease_table: names.lease.clone(),
+            fence: None,
             pool,
         }
+    }
+
+    /// The fence of every shard's lease, taken on first use.
+    async fn fence(&mut self) -> Result<Fence, sqlx::Error> {
+        if let Some(fence) = &self.fence {
+            return Ok(fence.clone());
+        }
+        let owner = Uuid::new_v4();
+        let taken: Vec<(i16, i64)> = sqlx::query_as(&format!(
+            "UPDATE {} SET owner = $1, epoch = epoch + 1, expires_at = now() + interval '1 hour'
+             RETURNING shard, epoch",
+            self.lease_table
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        let (shards, epochs) = taken.into_iter().unzip();
+        let fence = Fence {
+            owner,
+            shards,
+            epochs,
+            valid_for: Duration::ZERO,
+        };
+        self.fence = Some(fence.clone());
+        Ok(fence)
     }
 
     /// The `seq`s the relay's two claim forms return for the next batch
@@ -68,18 +100,16 @@ impl DatabaseOnlyDrain {
     /// and the claim ahead's (a `COPY`, which skips runs of in-flight rows by
     /// range). A test compares them: both forms must return the same rows.
     pub async fn both_claim_forms(
-        &self,
+        &mut self,
         in_flight: &[i64],
     ) -> Result<(Vec<i64>, Vec<i64>), sqlx::Error> {
         let seqs = |claimed: super::claim::Claimed| -> Vec<i64> {
             claimed.rows.iter().map(|row| row.seq).collect()
         };
         let floor = self.floor();
-        let fresh = self.claimer.claim(&self.shards, in_flight, floor).await?;
-        let ahead = self
-            .claimer
-            .claim_ahead(&self.shards, in_flight, floor, 1, None, None)
-            .await?;
+        let fence = self.fence().await?;
+        let fresh = self.claimer.claim(&fence, in_flight, floor).await?;
+        let ahead = self.claimer.claim_ahead(&fence, in_flight, floor).await?;
         Ok((seqs(fresh), seqs(ahead)))
     }
 
@@ -98,16 +128,16 @@ impl DatabaseOnlyDrain {
 
     /// Claims and deletes the next batch; `None` once nothing is pending.
     pub async fn next_batch(&mut self) -> Result<Option<DrainedBatch>, sqlx::Error> {
-        let claimed = self
-            .claimer
-            .claim_ahead(&self.shards, &[], self.floor(), 1, None, None)
-            .await?;
+        let fence = self.fence().await?;
+        let claimed = self.claimer.claim_ahead(&fence, &[], self.floor()).await?;
         if claimed.rows.is_empty() {
             return Ok(None);
         }
         let seqs: Vec<i64> = claimed.rows.iter().map(|row| row.seq).collect();
         let started = Instant::now();
-        self.outcome.record(&self.pool, &seqs, false, &[]).await?;
+        self.outcome
+            .record(&self.pool, &fence, &seqs, false, &[])
+            .await?;
         if self.floor.due() {
             self.advance_floor().await?;
         }

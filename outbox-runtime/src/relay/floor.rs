@@ -24,15 +24,31 @@
 //! Rows do not become pending otherwise: a row leaves `pending` only by
 //! being delivered, dying or being released. The floor belongs to one set of
 //! shards; another set starts from no floor. It is also dropped every
-//! [`RESET_EVERY`], so a claim from the start of the index finds whatever an
+//! [`RESET_EVERY`] (claims get no floor once it is that old, whether or not
+//! it moved since), so a claim from the start of the index finds whatever an
 //! operator did by hand (an `UPDATE` back to `pending`).
+//!
+//! **One run of the server.** The horizon holds only while the sequence
+//! keeps handing out values above those it was read at. After a crash, an
+//! immediate stop, a failover or a restore, the sequence continues from
+//! what the server's WAL holds and hands out values read before again
+//! (`horizon.rs`), so rows can be committed below the floor. The floor and
+//! the horizon are therefore dropped together, and claims read from the
+//! start of the index until new readings move the floor again:
+//! - when a reading shows another server run (start time, crash recovery,
+//!   timeline) or a sequence lower than before (`horizon::discontinuity`);
+//!   the statement reads these with the floor, in the same round trip;
+//! - when the relay calls [`ClaimFloor::reset`] after a database error: the
+//!   claims it makes before its next reading would otherwise still use a
+//!   floor from before the error.
 //!
 //! Without a usable sequence (a cache, a negative increment, no privilege
 //! to read it) there is no floor: claims read from the start, as without
 //! this module.
 
-use super::horizon::{Horizon, Reading};
+use super::horizon::{Horizon, Reading, Restart, ServerRun};
 use crate::identifier::Names;
+use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgPool, Row};
 use std::time::{Duration, Instant};
 
@@ -49,9 +65,12 @@ const RESET_EVERY: Duration = Duration::from_secs(60);
 /// pending rows, and an idle relay runs no floor statement.
 const SETTLE_AFTER_BATCH: Duration = Duration::from_secs(3);
 
-/// Finds the identity sequence of `seq` (`$1` the table) and how it hands
-/// out values.
-const LOOKUP_SEQUENCE: &str = "SELECT s.seqrelid::int8 AS oid, s.seqcache, s.seqincrement
+/// Finds the identity sequence of `seq` (`$1` the table), how it hands
+/// out values, and whether the role may read the server's timeline
+/// (`pg_control_checkpoint()` is open to everyone by default, but can be
+/// revoked; the floor statement then does without it).
+const LOOKUP_SEQUENCE: &str = "SELECT s.seqrelid::int8 AS oid, s.seqcache, s.seqincrement,
+            has_function_privilege('pg_catalog.pg_control_checkpoint()', 'EXECUTE') AS timeline_readable
      FROM pg_sequence s
      WHERE s.seqrelid = pg_get_serial_sequence($1, 'seq')::regclass";
 
@@ -62,15 +81,20 @@ pub(crate) const NO_FLOOR: i64 = i64::MIN;
 enum Sequence {
     /// Not looked up yet.
     Unknown,
-    /// The identity sequence of `seq`, by `oid`.
-    Usable(i64),
+    /// The identity sequence of `seq`, by `oid`, and whether the floor
+    /// statement reads the server's timeline.
+    Usable { oid: i64, timeline: bool },
     /// No floor for this relay (reason logged once).
     Unusable,
 }
 
 /// The floor, and what it needs to move.
+///
+/// The floor and the horizon always come from readings of one server run
+/// (see the module's documentation): whatever drops one drops the other.
 #[derive(Debug)]
 pub(crate) struct ClaimFloor {
+    /// The floor statement, for the `Usable` sequence.
     advance_sql: String,
     outbox: String,
     sequence: Sequence,
@@ -89,7 +113,7 @@ impl ClaimFloor {
     pub(crate) fn new(names: &Names) -> Self {
         let outbox = names.outbox.as_str();
         Self {
-            advance_sql: advance_statement(outbox),
+            advance_sql: String::new(),
             outbox: outbox.into(),
             sequence: Sequence::Unknown,
             horizon: Horizon::default(),
@@ -101,18 +125,42 @@ impl ClaimFloor {
         }
     }
 
-    /// Where a claim of the shards in `mask` may start.
+    /// Where a claim of the shards in `mask` may start: no floor for other
+    /// shards, or once the floor is due to be dropped ([`RESET_EVERY`]),
+    /// even if no [`advance`](Self::advance) ran since.
     pub(crate) fn get(&self, mask: i64) -> i64 {
-        if mask == self.mask {
+        if mask == self.mask && Instant::now() < self.reset_at {
             self.floor
         } else {
             NO_FLOOR
         }
     }
 
-    /// The highest `seq` known final (`horizon.rs`), if any.
-    pub(crate) fn final_seq(&self) -> Option<i64> {
-        self.horizon.final_seq()
+    /// Drops the floor and the horizon, so claims read the pending index
+    /// from its start until readings move the floor again, and looks the
+    /// sequence up again (another server or a restored database may have
+    /// another one).
+    ///
+    /// For the relay to call after a database error (a lost connection
+    /// above all): the server may have restarted or failed over, handing
+    /// out `seq`s below the floor again, and its claims may run before the
+    /// next reading could tell. Logged (once per start-over) when there was
+    /// something to drop.
+    pub(crate) fn reset(&mut self) {
+        let (floor, final_seq) = (self.floor, self.horizon.final_seq());
+        self.floor = NO_FLOOR;
+        self.reset_at = Instant::now() + RESET_EVERY;
+        self.horizon.reset();
+        if self.sequence != Sequence::Unusable {
+            self.sequence = Sequence::Unknown;
+        }
+        if floor != NO_FLOOR || final_seq.is_some() {
+            tracing::info!(
+                dropped_floor = (floor != NO_FLOOR).then_some(floor),
+                dropped_final_seq = final_seq,
+                "outbox relay dropped its claim floor after a database error; claims read the pending index from its start until it moves again"
+            );
+        }
     }
 
     /// Whether [`advance`](Self::advance) would do anything now.
@@ -139,7 +187,9 @@ impl ClaimFloor {
     ///
     /// Errors leave the floor where it was; a missing privilege or a
     /// sequence that hands out values out of order disables it for good
-    /// (logged once).
+    /// (logged once). A reading from another server run than the one before,
+    /// or of a sequence lower than before, drops the floor and the horizon
+    /// instead of moving them (logged once).
     pub(crate) async fn advance(
         &mut self,
         pool: &PgPool,
@@ -153,11 +203,11 @@ impl ClaimFloor {
             self.floor = NO_FLOOR;
             self.reset_at = now + RESET_EVERY;
         }
-        let oid = match self.sequence {
-            Sequence::Usable(oid) => oid,
+        let (oid, timeline) = match self.sequence {
+            Sequence::Usable { oid, timeline } => (oid, timeline),
             Sequence::Unusable => return Ok(self.floor),
             Sequence::Unknown => match self.look_up(pool).await? {
-                Some(oid) => oid,
+                Some(found) => found,
                 None => return Ok(self.floor),
             },
         };
@@ -180,6 +230,19 @@ impl ClaimFloor {
             .await
         {
             Ok(row) => row,
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some("42501") && timeline =>
+            {
+                // The timeline's function was revoked since the look-up:
+                // the next statement does without it.
+                tracing::debug!(%error, "outbox relay reads its claim floor without the server's timeline");
+                self.sequence = Sequence::Usable {
+                    oid,
+                    timeline: false,
+                };
+                self.advance_sql = advance_statement(&self.outbox, false);
+                return Ok(self.floor);
+            }
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42501") => {
                 tracing::warn!(%error, "outbox relay cannot read the outbox sequence; claims will read the pending index from its start (grant SELECT on the sequence of `seq` to the relay's role to let them skip delivered rows)");
                 self.sequence = Sequence::Unusable;
@@ -189,23 +252,50 @@ impl ClaimFloor {
         };
         let pending: Option<i64> = row.try_get("pending_min")?;
         let dead: Option<i64> = row.try_get("dead_min")?;
-        self.floor = [Some(below), pending, dead]
+        let moved = [Some(below), pending, dead]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(below);
-        self.horizon.observe(Reading {
+        let reading = Reading {
             allocated: row.try_get("allocated")?,
             read_at: row.try_get("read_at")?,
             open: row.try_get("open")?,
             inconclusive: row.try_get::<i64, _>("prepared")? > 0,
-        });
-        Ok(self.floor)
+            run: ServerRun {
+                started: row.try_get("started")?,
+                stats_reset: row.try_get("stats_reset")?,
+                timeline: row.try_get("timeline")?,
+            },
+        };
+        Ok(self.take_reading(moved, reading))
+    }
+
+    /// Takes in a reading whose statement found the floor could move to
+    /// `moved`: moves it there, unless the reading cannot be combined with
+    /// the ones before (another server run, a sequence that went back):
+    /// then `moved`, found with bounds from those readings, means nothing,
+    /// and the floor is dropped with the horizon.
+    fn take_reading(&mut self, moved: i64, reading: Reading) -> i64 {
+        let (allocated, run) = (reading.allocated, reading.run.clone());
+        match self.horizon.observe(reading) {
+            None => self.floor = moved,
+            Some(restart) => {
+                log_restart(&restart, self.floor, allocated, &run);
+                self.floor = NO_FLOOR;
+                self.reset_at = Instant::now() + RESET_EVERY;
+                // A restored database may have its sequence under another
+                // oid: looked up again before the next reading.
+                self.sequence = Sequence::Unknown;
+            }
+        }
+        self.floor
     }
 
     /// Finds the sequence behind `seq` and checks it hands out values in
-    /// order; `None` (and a log line) when it does not.
-    async fn look_up(&mut self, pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    /// order; `None` (and a log line) when it does not. Builds the floor
+    /// statement for it.
+    async fn look_up(&mut self, pool: &PgPool) -> Result<Option<(i64, bool)>, sqlx::Error> {
         let found = sqlx::query(LOOKUP_SEQUENCE)
             .bind(self.outbox.as_str())
             .fetch_optional(pool)
@@ -219,22 +309,58 @@ impl ClaimFloor {
                 let oid: i64 = row.try_get("oid")?;
                 let cache: i64 = row.try_get("seqcache")?;
                 let increment: i64 = row.try_get("seqincrement")?;
+                let timeline: Option<bool> = row.try_get("timeline_readable")?;
                 if cache == 1 && increment > 0 {
-                    Some(oid)
+                    Some((oid, timeline.unwrap_or(false)))
                 } else {
                     tracing::info!(table = %self.outbox, cache, increment, "the outbox sequence hands out values out of order (CACHE above 1 or a negative INCREMENT); claims read the pending index from its start");
                     None
                 }
             }
         };
-        self.sequence = usable.map_or(Sequence::Unusable, Sequence::Usable);
+        self.sequence = match usable {
+            Some((oid, timeline)) => {
+                self.advance_sql = advance_statement(&self.outbox, timeline);
+                Sequence::Usable { oid, timeline }
+            }
+            None => Sequence::Unusable,
+        };
         Ok(usable)
     }
 }
 
+/// Logs a start-over of the floor and the horizon at info level, with what
+/// the readings before showed and what the new one shows.
+fn log_restart(restart: &Restart, floor: i64, allocated: Option<i64>, run: &ServerRun) {
+    let before = &restart.seen.run;
+    tracing::info!(
+        cause = restart.cause.as_str(),
+        old_start_time = %shown(before.started),
+        new_start_time = %shown(run.started),
+        old_stats_reset = %shown(before.stats_reset),
+        new_stats_reset = %shown(run.stats_reset),
+        old_timeline = before.timeline,
+        new_timeline = run.timeline,
+        old_sequence = restart.seen.highest,
+        new_sequence = allocated,
+        dropped_floor = (floor != NO_FLOOR).then_some(floor),
+        dropped_final_seq = restart.dropped_final,
+        "outbox relay dropped its claim floor: the outbox sequence may hand out values it handed out before; claims read the pending index from its start until it moves again"
+    );
+}
+
+/// A time for the log: RFC 3339, or `none`.
+fn shown(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "none".to_owned(),
+        |at| at.to_rfc3339_opts(SecondsFormat::Micros, true),
+    )
+}
+
 /// One statement per advance: `$1` the shard mask, `$2` the current floor,
 /// `$3` the bound below which pending rows are looked for, `$4` the
-/// sequence's `oid`.
+/// sequence's `oid`; `timeline`: whether the role may read the server's
+/// timeline.
 ///
 /// - `pending_min`, `dead_min`: the first pending row in `[$2, $3)` and the
 ///   first dead row, of the shards (the pending index from the floor on;
@@ -245,7 +371,15 @@ impl ClaimFloor {
 ///   transactions (autovacuum inserts no rows), in a subquery that refers
 ///   to `allocated`, so it runs after the sequence was read.
 /// - `read_at`: the clock; `prepared`: how many prepared transactions wait.
-fn advance_statement(outbox: &str) -> String {
+/// - `started`, `stats_reset`, `timeline` (`NULL` without `timeline`): the
+///   server run (`horizon::ServerRun`), read in the same statement, so the
+///   floor costs one round trip still.
+fn advance_statement(outbox: &str, timeline: bool) -> String {
+    let timeline = if timeline {
+        "(SELECT c.timeline_id::int8 FROM pg_control_checkpoint() c)"
+    } else {
+        "NULL::int8"
+    };
     format!(
         "SELECT
              (SELECT min(o.seq) FROM {outbox} o
@@ -263,18 +397,22 @@ fn advance_statement(outbox: &str) -> String {
                      AND h.allocated IS NOT DISTINCT FROM h.allocated) AS open,
              extract(epoch FROM clock_timestamp())::float8 AS read_at,
              (SELECT count(*) FROM pg_prepared_xacts x
-              WHERE x.database = current_database()) AS prepared
+              WHERE x.database = current_database()) AS prepared,
+             pg_postmaster_start_time() AS started,
+             (SELECT b.stats_reset FROM pg_stat_bgwriter b) AS stats_reset,
+             {timeline} AS timeline
          FROM (SELECT pg_sequence_last_value($4::int8::oid::regclass) AS allocated OFFSET 0) h"
     )
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::horizon::tests::{reading, run};
     use super::*;
 
     #[test]
     fn the_advance_reads_the_open_transactions_after_the_sequence() {
-        let sql = advance_statement("event_outbox");
+        let sql = advance_statement("event_outbox", true);
         let sequence = sql.find("pg_sequence_last_value").unwrap_or(usize::MAX);
         let from = sql.find("FROM (SELECT pg_sequence_last_value").unwrap_or(0);
         assert!(sequence >= from, "the sequence is read in the FROM list");
@@ -284,6 +422,108 @@ mod tests {
             "the lock subquery refers to the sequence's value"
         );
         assert!(sql.contains("o.seq >= $2::int8 AND o.seq < $3::int8"));
+    }
+
+    #[test]
+    fn the_advance_reads_the_server_run_in_the_same_statement() {
+        let sql = advance_statement("event_outbox", true);
+        assert!(sql.contains("pg_postmaster_start_time() AS started"));
+        assert!(sql.contains("FROM pg_stat_bgwriter b) AS stats_reset"));
+        assert!(sql.contains("FROM pg_control_checkpoint() c) AS timeline"));
+        let without = advance_statement("event_outbox", false);
+        assert!(without.contains("NULL::int8 AS timeline"));
+        assert!(
+            !without.contains("pg_control_checkpoint"),
+            "needs no privilege"
+        );
+    }
+
+    /// A floor over every shard that took in readings of 100, 120 and 130
+    /// (100 and 120 final) and stands at 101.
+    fn moved_floor() -> ClaimFloor {
+        let mut floor = ClaimFloor::new(&Names::new(None));
+        floor.mask = -1;
+        floor.sequence = Sequence::Usable {
+            oid: 1,
+            timeline: true,
+        };
+        assert_eq!(
+            floor.take_reading(NO_FLOOR, reading(100, 10.0, &[])),
+            NO_FLOOR
+        );
+        assert_eq!(
+            floor.take_reading(NO_FLOOR, reading(120, 10.1, &[])),
+            NO_FLOOR
+        );
+        assert_eq!(floor.horizon.final_seq(), Some(100));
+        assert_eq!(floor.take_reading(101, reading(130, 10.2, &[])), 101);
+        assert_eq!(floor.get(-1), 101);
+        floor
+    }
+
+    #[test]
+    fn a_reading_of_another_server_run_drops_the_floor_and_the_horizon() {
+        let mut floor = moved_floor();
+        let restarted = Reading {
+            run: run(2),
+            ..reading(110, 10.3, &[])
+        };
+        assert_eq!(floor.take_reading(131, restarted), NO_FLOOR);
+        assert_eq!(floor.get(-1), NO_FLOOR);
+        assert_eq!(floor.horizon.final_seq(), None);
+        assert_eq!(floor.sequence, Sequence::Unknown, "looked up again");
+        let mut floor = moved_floor();
+        assert_eq!(
+            floor.take_reading(131, reading(125, 10.3, &[])),
+            NO_FLOOR,
+            "the sequence went back below 130"
+        );
+        assert_eq!(floor.horizon.final_seq(), None);
+    }
+
+    #[test]
+    fn readings_of_one_run_keep_moving_the_floor() {
+        let mut floor = moved_floor();
+        assert_eq!(floor.take_reading(131, reading(140, 10.3, &[])), 131);
+        assert_eq!(floor.horizon.final_seq(), Some(130));
+        assert_eq!(
+            floor.sequence,
+            Sequence::Usable {
+                oid: 1,
+                timeline: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_reset_drops_the_floor_and_the_horizon() {
+        let mut floor = moved_floor();
+        floor.reset();
+        assert_eq!(floor.get(-1), NO_FLOOR);
+        assert_eq!(floor.horizon.final_seq(), None);
+        assert_eq!(floor.sequence, Sequence::Unknown, "looked up again");
+        assert_eq!(
+            floor.take_reading(NO_FLOOR, reading(140, 10.3, &[])),
+            NO_FLOOR,
+            "nothing final yet"
+        );
+        floor.take_reading(NO_FLOOR, reading(150, 10.4, &[]));
+        assert_eq!(
+            floor.horizon.final_seq(),
+            Some(140),
+            "rebuilt from new readings"
+        );
+        let mut disabled = ClaimFloor::new(&Names::new(None));
+        disabled.sequence = Sequence::Unusable;
+        disabled.reset();
+        assert_eq!(disabled.sequence, Sequence::Unusable, "stays disabled");
+    }
+
+    #[test]
+    fn a_floor_is_not_used_once_it_is_due_to_be_dropped() {
+        let mut floor = moved_floor();
+        floor.reset_at = Instant::now() - Duration::from_millis(1);
+        assert_eq!(floor.get(-1), NO_FLOOR, "even without an advance since");
     }
 
     #[test]

@@ -30,7 +30,24 @@
 //! (the default) and a positive increment. With a cache, each session takes
 //! a block of values and uses it later, so a low `seq` can be taken long
 //! after a higher one; `floor.rs` checks and does without a horizon then.
+//!
+//! **Only within one run of the server.** A reading holds only for the
+//! server state it was taken from. PostgreSQL writes a sequence's WAL record
+//! 32 values ahead, and it reaches disk only with the next commit of any
+//! transaction (or when the WAL writer writes out its page), so after a
+//! crash or an immediate stop the sequence continues from the last record on
+//! disk: values already handed out to transactions that never committed (and
+//! already read here) are handed out again. Committed `seq`s are never
+//! handed out again: their commit wrote the record that covers them. A failover to a replica, or a
+//! restore, does the same with everything the new server had not received.
+//! The open transactions of a reading are gone after such a change, so its
+//! candidate would become final at once, while new transactions take the
+//! same values. Each reading therefore also carries the server run it came
+//! from ([`ServerRun`]), and [`Horizon::observe`] starts over, knowing no
+//! final `seq` and no candidate, when it differs from the previous reading's
+//! or when the sequence reads lower than before ([`discontinuity`]).
 
+use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 
 /// A candidate is recorded at most this often (seconds), to keep the queue
@@ -55,6 +72,97 @@ pub(crate) struct Reading {
     pub open: Vec<String>,
     /// Whether a prepared transaction exists: its start is unknown.
     pub inconclusive: bool,
+    /// The server run the reading came from.
+    pub run: ServerRun,
+}
+
+/// What tells one run of the server from another: each value changes when
+/// the server's state may have gone back (sequences included). All are
+/// readable without privileges, except `timeline`, which is read only where
+/// the role may.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ServerRun {
+    /// `pg_postmaster_start_time()`: a new value after every start, and on
+    /// another server (a promoted replica).
+    pub started: Option<DateTime<Utc>>,
+    /// `pg_stat_bgwriter.stats_reset`: crash recovery discards the
+    /// statistics and sets it again, also when the postmaster recovers from
+    /// a crashed backend without starting again (`restart_after_crash`), which
+    /// keeps `started`. `pg_stat_reset_shared('bgwriter')` sets it too (a
+    /// harmless extra start-over).
+    pub stats_reset: Option<DateTime<Utc>>,
+    /// The timeline of the latest checkpoint (`pg_control_checkpoint()`),
+    /// `None` where the role may not read it: a promotion moves to a new one
+    /// (shown from the first checkpoint after it).
+    pub timeline: Option<i64>,
+}
+
+/// Why readings taken before say nothing about what the sequence hands out
+/// now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discontinuity {
+    /// The server started again, or another server answers.
+    Restarted,
+    /// The server recovered from a crash without starting again.
+    CrashRecovered,
+    /// The server moved to another timeline.
+    TimelineChanged,
+    /// The sequence reads lower than it read before (or as never used).
+    SequenceWentBack,
+}
+
+impl Discontinuity {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Discontinuity::Restarted => "server restarted",
+            Discontinuity::CrashRecovered => "server recovered from a crash",
+            Discontinuity::TimelineChanged => "server timeline changed",
+            Discontinuity::SequenceWentBack => "sequence went back",
+        }
+    }
+}
+
+/// What earlier readings showed: the latest one's server run and the highest
+/// sequence value read since the horizon last started over.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Seen {
+    pub run: ServerRun,
+    pub highest: Option<i64>,
+}
+
+/// Whether `reading` cannot be combined with what was `seen` before it.
+///
+/// A `CACHE 1` sequence with a positive increment never reads lower within
+/// one run of the server, so a lower value (or none, after values were read)
+/// means values will be handed out again. A `timeline` that one of the two
+/// readings could not read is no change.
+pub(crate) fn discontinuity(seen: &Seen, reading: &Reading) -> Option<Discontinuity> {
+    let (before, now) = (&seen.run, &reading.run);
+    if before.started != now.started {
+        return Some(Discontinuity::Restarted);
+    }
+    if before.stats_reset != now.stats_reset {
+        return Some(Discontinuity::CrashRecovered);
+    }
+    if let (Some(before), Some(now)) = (before.timeline, now.timeline) {
+        if before != now {
+            return Some(Discontinuity::TimelineChanged);
+        }
+    }
+    let went_back = seen
+        .highest
+        .is_some_and(|highest| reading.allocated.map_or(true, |now| now < highest));
+    went_back.then_some(Discontinuity::SequenceWentBack)
+}
+
+/// A start-over of the horizon, as [`Horizon::observe`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Restart {
+    pub cause: Discontinuity,
+    /// What the readings before showed.
+    pub seen: Seen,
+    /// The final `seq` dropped.
+    pub dropped_final: Option<i64>,
 }
 
 /// A sequence value and the transactions that may still hold a value up to
@@ -66,17 +174,31 @@ struct Candidate {
 }
 
 /// The highest final `seq` known, and the candidates that may become final.
+///
+/// Every candidate and the final `seq` come from readings of one server run
+/// in which the sequence never read lower (see [`discontinuity`]).
 #[derive(Debug, Default)]
 pub(crate) struct Horizon {
     candidates: VecDeque<Candidate>,
     last_candidate_at: Option<f64>,
     final_seq: Option<i64>,
+    /// What the readings so far showed; kept across [`reset`](Self::reset),
+    /// so the next reading is still compared with them.
+    seen: Option<Seen>,
 }
 
 impl Horizon {
     /// Every `seq` at or below this is final; `None` while none is known.
     pub(crate) fn final_seq(&self) -> Option<i64> {
         self.final_seq
+    }
+
+    /// Forgets the final `seq` and the candidates: nothing is final until
+    /// readings taken from now on make it so.
+    pub(crate) fn reset(&mut self) {
+        self.candidates.clear();
+        self.last_candidate_at = None;
+        self.final_seq = None;
     }
 
     /// Takes in a reading: candidates none of whose transactions is still
@@ -87,7 +209,36 @@ impl Horizon {
     /// Candidates become final in order: a transaction of an older
     /// candidate that is still open was open at every later reading too, so
     /// it is in every later candidate's set.
-    pub(crate) fn observe(&mut self, mut reading: Reading) {
+    ///
+    /// A reading that cannot be combined with the ones before it (another
+    /// server run, a sequence that went back: [`discontinuity`]) first drops
+    /// everything they gave, and becomes the first candidate of a new
+    /// horizon; the start-over is returned.
+    pub(crate) fn observe(&mut self, mut reading: Reading) -> Option<Restart> {
+        let restart = self.seen.as_ref().and_then(|seen| {
+            discontinuity(seen, &reading).map(|cause| Restart {
+                cause,
+                seen: seen.clone(),
+                dropped_final: self.final_seq,
+            })
+        });
+        let highest = match (&restart, &self.seen) {
+            (None, Some(seen)) => seen.highest.max(reading.allocated),
+            _ => reading.allocated,
+        };
+        self.seen = Some(Seen {
+            run: reading.run.clone(),
+            highest,
+        });
+        if restart.is_some() {
+            self.reset();
+        }
+        self.take_in(&mut reading);
+        restart
+    }
+
+    /// [`observe`](Self::observe) for a reading of the same server run.
+    fn take_in(&mut self, reading: &mut Reading) {
         reading.open.sort_unstable();
         reading.open.dedup();
         if !reading.inconclusive {
@@ -113,7 +264,7 @@ impl Horizon {
         if due && self.candidates.len() < MAX_CANDIDATES {
             self.candidates.push_back(Candidate {
                 allocated,
-                open: reading.open,
+                open: std::mem::take(&mut reading.open),
             });
             self.last_candidate_at = Some(reading.read_at);
         }
@@ -121,16 +272,31 @@ impl Horizon {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reading(allocated: i64, read_at: f64, open: &[&str]) -> Reading {
+    pub(crate) fn reading(allocated: i64, read_at: f64, open: &[&str]) -> Reading {
         Reading {
             allocated: Some(allocated),
             read_at,
             open: open.iter().map(|id| id.to_string()).collect(),
             inconclusive: false,
+            run: run(1),
         }
+    }
+
+    /// The run of a server started at Unix second `started`, on timeline 1.
+    pub(crate) fn run(started: i64) -> ServerRun {
+        let at = |seconds| DateTime::from_timestamp(seconds, 0);
+        ServerRun {
+            started: at(started),
+            stats_reset: at(started),
+            timeline: Some(1),
+        }
+    }
+
+    fn seen(run: ServerRun, highest: Option<i64>) -> Seen {
+        Seen { run, highest }
     }
 
     #[test]
@@ -196,5 +362,185 @@ mod tests {
             full.observe(reading(i, f64::from(i as i32), &["1/1"]));
         }
         assert_eq!(full.candidates.len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn readings_of_one_run_with_a_rising_sequence_go_together() {
+        let before = seen(run(1), Some(100));
+        assert_eq!(discontinuity(&before, &reading(100, 10.0, &[])), None);
+        assert_eq!(discontinuity(&before, &reading(250, 10.0, &[])), None);
+        let first = seen(run(1), None);
+        assert_eq!(
+            discontinuity(&first, &reading(5, 10.0, &[])),
+            None,
+            "nothing read before"
+        );
+        let unused = Reading {
+            allocated: None,
+            ..reading(0, 10.0, &[])
+        };
+        assert_eq!(discontinuity(&first, &unused), None);
+    }
+
+    #[test]
+    fn another_start_time_is_another_run() {
+        let before = seen(run(1), Some(100));
+        let restarted = Reading {
+            run: ServerRun {
+                started: run(2).started,
+                ..run(1)
+            },
+            ..reading(300, 10.0, &[])
+        };
+        assert_eq!(
+            discontinuity(&before, &restarted),
+            Some(Discontinuity::Restarted),
+            "even with the sequence above every value read before"
+        );
+    }
+
+    #[test]
+    fn statistics_reset_by_crash_recovery_are_another_run() {
+        let before = seen(run(1), Some(100));
+        let recovered = Reading {
+            run: ServerRun {
+                stats_reset: run(2).stats_reset,
+                ..run(1)
+            },
+            ..reading(300, 10.0, &[])
+        };
+        assert_eq!(
+            discontinuity(&before, &recovered),
+            Some(Discontinuity::CrashRecovered)
+        );
+    }
+
+    #[test]
+    fn a_new_timeline_is_another_run_and_an_unreadable_one_no_change() {
+        let before = seen(run(1), Some(100));
+        let promoted = Reading {
+            run: ServerRun {
+                timeline: Some(2),
+                ..run(1)
+            },
+            ..reading(300, 10.0, &[])
+        };
+        assert_eq!(
+            discontinuity(&before, &promoted),
+            Some(Discontinuity::TimelineChanged)
+        );
+        let unreadable = Reading {
+            run: ServerRun {
+                timeline: None,
+                ..run(1)
+            },
+            ..reading(300, 10.0, &[])
+        };
+        assert_eq!(discontinuity(&before, &unreadable), None);
+        let readable_again = seen(unreadable.run.clone(), Some(300));
+        assert_eq!(discontinuity(&readable_again, &promoted), None);
+    }
+
+    #[test]
+    fn a_sequence_below_the_highest_value_read_went_back() {
+        let before = seen(run(1), Some(100));
+        assert_eq!(
+            discontinuity(&before, &reading(99, 10.0, &[])),
+            Some(Discontinuity::SequenceWentBack)
+        );
+        let reset = Reading {
+            allocated: None,
+            ..reading(0, 10.0, &[])
+        };
+        assert_eq!(
+            discontinuity(&before, &reset),
+            Some(Discontinuity::SequenceWentBack),
+            "as never used (`ALTER SEQUENCE … RESTART`, a restore)"
+        );
+    }
+
+    #[test]
+    fn the_highest_value_is_compared_not_the_last_one() {
+        let mut horizon = Horizon::default();
+        assert_eq!(horizon.observe(reading(100, 10.0, &[])), None);
+        assert_eq!(horizon.observe(reading(100, 10.1, &[])), None);
+        let restart = horizon.observe(reading(90, 10.2, &[]));
+        assert_eq!(
+            restart.map(|r| (r.cause, r.seen.highest, r.dropped_final)),
+            Some((Discontinuity::SequenceWentBack, Some(100), Some(100)))
+        );
+    }
+
+    #[test]
+    fn a_candidate_of_an_earlier_run_never_becomes_final() {
+        let mut horizon = Horizon::default();
+        horizon.observe(reading(100, 10.0, &[]));
+        horizon.observe(reading(140, 10.1, &["3/7"]));
+        assert_eq!(horizon.final_seq(), Some(100));
+        // The server stops at once: the transaction holding values up to
+        // 140 is gone, and the sequence continues from 120.
+        let restarted = Reading {
+            run: run(2),
+            ..reading(125, 10.2, &["3/1"])
+        };
+        let restart = horizon.observe(restarted);
+        assert_eq!(
+            restart,
+            Some(Restart {
+                cause: Discontinuity::Restarted,
+                seen: seen(run(1), Some(140)),
+                dropped_final: Some(100),
+            })
+        );
+        assert_eq!(horizon.final_seq(), None, "140 was not made final");
+        horizon.observe(Reading {
+            run: run(2),
+            ..reading(130, 10.3, &["3/1"])
+        });
+        assert_eq!(horizon.final_seq(), None, "3/1 is still open");
+        horizon.observe(Reading {
+            run: run(2),
+            ..reading(135, 10.4, &[])
+        });
+        assert_eq!(
+            horizon.final_seq(),
+            Some(130),
+            "the new run's own candidates"
+        );
+    }
+
+    #[test]
+    fn a_start_over_takes_candidates_again_whatever_the_new_clock_says() {
+        let mut horizon = Horizon::default();
+        horizon.observe(reading(100, 1_000.0, &[]));
+        // Another server, whose clock is behind.
+        let failed_over = Reading {
+            run: run(2),
+            ..reading(90, 500.0, &[])
+        };
+        assert!(horizon.observe(failed_over).is_some());
+        horizon.observe(Reading {
+            run: run(2),
+            ..reading(95, 500.1, &[])
+        });
+        assert_eq!(horizon.final_seq(), Some(90));
+    }
+
+    #[test]
+    fn a_reset_forgets_the_horizon_but_not_what_was_read() {
+        let mut horizon = Horizon::default();
+        horizon.observe(reading(100, 10.0, &[]));
+        horizon.observe(reading(110, 10.1, &[]));
+        assert_eq!(horizon.final_seq(), Some(100));
+        horizon.reset();
+        assert_eq!(horizon.final_seq(), None);
+        assert_eq!(horizon.observe(reading(120, 10.2, &[])), None);
+        assert_eq!(horizon.final_seq(), None, "no candidate survived");
+        let restart = horizon.observe(reading(50, 10.3, &[]));
+        assert_eq!(
+            restart.map(|r| r.cause),
+            Some(Discontinuity::SequenceWentBack),
+            "still compared with the values read before the reset"
+        );
     }
 }

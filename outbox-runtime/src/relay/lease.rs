@@ -8,6 +8,15 @@
 //! between batches (never with a batch in flight), and stops claiming when
 //! its lease is about to expire.
 //! A crashed instance's shards become free when its leases expire.
+//!
+//! **Fencing.** Taking a lease raises its `epoch`. Every claim and every
+//! mark carries the epochs this instance holds ([`Fence`]) and touches only
+//! rows of shards whose lease still has this owner at that epoch, so an
+//! instance paused or stalled past its lease (a claim waiting behind a lock,
+//! a process stopped mid-batch) can neither claim nor mark rows of a shard
+//! another instance took meanwhile. A claim also requires the lease to stay
+//! valid for the batch's whole produce, by the database's clock when the
+//! statement runs, not when it was sent.
 
 use crate::identifier::Names;
 use sqlx::PgPool;
@@ -25,6 +34,8 @@ pub(crate) struct Leases {
     /// A batch may start only if it can finish this long before expiry.
     safety: Duration,
     owned: Vec<i16>,
+    /// The epoch of each lease in `owned`, in the same order.
+    epochs: Vec<i64>,
     valid_until: Option<Instant>,
     last_maintained: Option<Instant>,
     fair_share: usize,
@@ -57,6 +68,7 @@ impl Leases {
             ttl,
             safety: message_timeout + Duration::from_secs(1),
             owned: Vec::new(),
+            epochs: Vec::new(),
             valid_until: None,
             last_maintained: None,
             fair_share: 0,
@@ -73,19 +85,20 @@ impl Leases {
                 ),
                 renew: format!(
                     "UPDATE {lease} SET expires_at = now() + make_interval(secs => $2)
-                     WHERE owner = $1 RETURNING shard"
+                     WHERE owner = $1 RETURNING shard, epoch"
                 ),
                 release_some: format!(
                     "UPDATE {lease} SET owner = NULL, expires_at = '-infinity'
                      WHERE owner = $1 AND shard = ANY($2)"
                 ),
                 acquire: format!(
-                    "UPDATE {lease} SET owner = $1, expires_at = now() + make_interval(secs => $2)
+                    "UPDATE {lease} SET owner = $1, epoch = epoch + 1,
+                                        expires_at = now() + make_interval(secs => $2)
                      WHERE shard IN (
                          SELECT shard FROM {lease}
                          WHERE owner IS NULL OR expires_at < now()
                          ORDER BY shard LIMIT $3 FOR UPDATE SKIP LOCKED)
-                     RETURNING shard"
+                     RETURNING shard, epoch"
                 ),
                 release_all: format!(
                     "UPDATE {lease} SET owner = NULL, expires_at = '-infinity' WHERE owner = $1"
@@ -98,6 +111,16 @@ impl Leases {
     /// Shards this instance may claim from now.
     pub(crate) fn owned(&self) -> &[i16] {
         &self.owned
+    }
+
+    /// The fencing token of the leases held now.
+    pub(crate) fn fence(&self) -> Fence {
+        Fence {
+            owner: self.instance_id,
+            shards: self.owned.clone(),
+            epochs: self.epochs.clone(),
+            valid_for: self.safety,
+        }
     }
 
     /// Whether a batch started now is sure to finish while the leases hold.
@@ -130,8 +153,9 @@ impl Leases {
     }
 
     /// Heartbeat, renew, and rebalance towards the fair share. Must only run
-    /// between batches.
-    pub(crate) async fn maintain(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
+    /// between batches. Says whether a shard held before is gone (taken by
+    /// another instance after this one's lease lapsed).
+    pub(crate) async fn maintain(&mut self, pool: &PgPool) -> Result<Maintained, sqlx::Error> {
         let started = Instant::now();
         let ttl = self.ttl.as_secs_f64();
         let mut tx = pool.begin().await?;
@@ -150,14 +174,18 @@ impl Leases {
             .await?;
         let live = live.max(1);
         let fair = usize::try_from((SHARDS + live - 1) / live).unwrap_or(1);
-        let mut owned: Vec<i16> = sqlx::query_scalar(&self.sql.renew)
+        let mut owned: Vec<(i16, i64)> = sqlx::query_as(&self.sql.renew)
             .bind(self.instance_id)
             .bind(ttl)
             .fetch_all(&mut *tx)
             .await?;
         owned.sort_unstable();
+        let lost = self
+            .owned
+            .iter()
+            .any(|shard| !owned.iter().any(|(renewed, _)| renewed == shard));
         if owned.len() > fair {
-            let extra = owned.split_off(fair);
+            let extra: Vec<i16> = owned.split_off(fair).into_iter().map(|(s, _)| s).collect();
             sqlx::query(&self.sql.release_some)
                 .bind(self.instance_id)
                 .bind(&extra)
@@ -171,7 +199,7 @@ impl Leases {
             );
         } else if owned.len() < fair {
             let want = i64::try_from(fair - owned.len()).unwrap_or(0);
-            let got: Vec<i16> = sqlx::query_scalar(&self.sql.acquire)
+            let got: Vec<(i16, i64)> = sqlx::query_as(&self.sql.acquire)
                 .bind(self.instance_id)
                 .bind(ttl)
                 .bind(want)
@@ -188,12 +216,16 @@ impl Leases {
             owned.sort_unstable();
         }
         tx.commit().await?;
-        self.owned = owned;
+        (self.owned, self.epochs) = owned.into_iter().unzip();
         self.fair_share = fair;
         // Every expiry written above is at least `started + ttl` in real time.
         self.valid_until = Some(started + self.ttl);
         self.last_maintained = Some(Instant::now());
-        Ok(())
+        Ok(if lost {
+            Maintained::LostShards
+        } else {
+            Maintained::Kept
+        })
     }
 
     /// Forget local leases (e.g. after a failed renewal), so nothing is
@@ -216,7 +248,99 @@ impl Leases {
             .await?;
         tx.commit().await?;
         self.owned.clear();
+        self.epochs.clear();
         self.valid_until = None;
         Ok(())
+    }
+}
+
+/// What a lease maintenance found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Maintained {
+    /// Every shard held before is still held (some may have been added or
+    /// given back on purpose).
+    Kept,
+    /// A shard held before is no longer this instance's: its lease lapsed
+    /// and another instance took it.
+    LostShards,
+}
+
+/// The leases a statement is issued under: this instance's id and the
+/// epoch of each shard it holds (see the module's **Fencing**).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    pub owner: Uuid,
+    pub shards: Vec<i16>,
+    pub epochs: Vec<i64>,
+    /// How long a claim requires the leases to stay valid.
+    pub valid_for: Duration,
+}
+
+impl Fence {
+    /// The shards still held under this fence, as a mask (bit `n` for
+    /// shard `n`), as a SQL expression over `lease`. Its values are written
+    /// into the statement: a UUID and numbers formatted here, never text
+    /// from elsewhere (the table name is a validated identifier). With
+    /// `claim`, leases that do not stay valid for [`valid_for`](Self::valid_for)
+    /// from the moment the statement runs (`clock_timestamp()`, not the
+    /// start of a wait for a lock) are left out.
+    pub(crate) fn mask_sql(&self, lease: &str, claim: bool) -> String {
+        let list = |values: &mut dyn Iterator<Item = String>| values.collect::<Vec<_>>().join(",");
+        let shards = list(&mut self.shards.iter().map(i16::to_string));
+        let epochs = list(&mut self.epochs.iter().map(i64::to_string));
+        let valid = if claim {
+            format!(
+                " AND l.expires_at > clock_timestamp() + make_interval(secs => {})",
+                self.valid_for.as_secs_f64()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "(SELECT coalesce(bit_or(1::int8 << l.shard), 0) FROM {lease} l
+              JOIN unnest('{{{shards}}}'::int2[], '{{{epochs}}}'::int8[]) AS f(shard, epoch)
+                ON l.shard = f.shard AND l.epoch = f.epoch
+              WHERE l.owner = '{owner}'{valid})",
+            owner = self.owner
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_names_owner_shards_and_epochs_and_a_claim_needs_time_left() {
+        let fence = Fence {
+            owner: Uuid::from_u128(7),
+            shards: vec![1, 5],
+            epochs: vec![3, 9],
+            valid_for: Duration::from_millis(11_500),
+        };
+        let mark = fence.mask_sql("\"s\".event_outbox_lease", false);
+        assert!(mark.contains("FROM \"s\".event_outbox_lease l"), "{mark}");
+        assert!(
+            mark.contains("unnest('{1,5}'::int2[], '{3,9}'::int8[])"),
+            "{mark}"
+        );
+        assert!(
+            mark.contains("l.owner = '00000000-0000-0000-0000-000000000007'"),
+            "{mark}"
+        );
+        assert!(!mark.contains("clock_timestamp"), "{mark}");
+        let claim = fence.mask_sql("event_outbox_lease", true);
+        assert!(
+            claim.contains("l.expires_at > clock_timestamp() + make_interval(secs => 11.5)"),
+            "{claim}"
+        );
+        let none = Fence {
+            shards: vec![],
+            epochs: vec![],
+            ..fence
+        };
+        assert!(none
+            .mask_sql("l", false)
+            .contains("unnest('{}'::int2[], '{}'::int8[])"));
     }
 }

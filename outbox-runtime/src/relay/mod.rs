@@ -1,6 +1,7 @@
 //! The relay: delivers committed outbox rows to Kafka, in order per
 //! aggregate, at least once.
 
+mod chores;
 mod claim;
 mod config;
 mod copy_binary;
@@ -11,17 +12,16 @@ mod floor;
 mod horizon;
 mod lease;
 mod outcome;
-mod pending_claim;
 mod prefetch;
 mod produce;
-mod proof;
 mod seq_runs;
 mod stats;
 mod unfinished;
 mod unrecorded;
+mod wakeup;
 mod worker;
 
-pub use config::{DeadEventPolicy, RelayConfig, Retention};
+pub use config::{DeadEventPolicy, Mechanisms, RelayConfig, Retention};
 pub use lease::SHARDS;
 pub use stats::{RelayCounters, RelayStats};
 
@@ -29,8 +29,9 @@ use crate::error::{ConfigError, RelayError};
 use crate::identifier::Names;
 use crate::metrics::OutboxMetrics;
 use crate::registry;
-use rdkafka::producer::FutureProducer;
+use produce::KafkaBroker;
 use rdkafka::ClientConfig;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +56,7 @@ use uuid::Uuid;
 /// ```
 pub struct Relay {
     pool: PgPool,
-    producer: FutureProducer,
-    producer_config: ClientConfig,
+    broker: KafkaBroker,
     config: RelayConfig,
     names: Names,
     instance_id: Uuid,
@@ -73,11 +73,38 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-/// Settings the relay enforces on the producer for its guarantees.
-const REQUIRED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
+/// Settings the relay enforces on the producer for its guarantees:
+/// idempotence and `acks=all` so a retried request neither duplicates nor
+/// reorders within a partition, and the gapless guarantee so a batch that
+/// fails permanently stops the producer (a fatal error, after which the
+/// relay builds a new one) instead of letting later messages of the same
+/// partition through ahead of it.
+const REQUIRED: [(&str, &str); 3] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("enable.gapless.guarantee", "true"),
+];
 /// librdkafka's batching delay and its older name.
 const LINGER: &str = "linger.ms";
 const LINGER_ALIAS: &str = "queue.buffering.max.ms";
+/// librdkafka's message timeout and its alias (the Java client's name).
+const TIMEOUT: &str = "message.timeout.ms";
+const TIMEOUT_ALIAS: &str = "delivery.timeout.ms";
+/// Partitioners that map a key to the same partition every time (and the
+/// relay always sets a key). `random` would scatter one aggregate's events
+/// over partitions and lose their order.
+const KEYED_PARTITIONERS: [&str; 6] = [
+    "consistent",
+    "consistent_random",
+    "murmur2",
+    "murmur2_random",
+    "fnv1a",
+    "fnv1a_random",
+];
+
+fn invalid(setting: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { setting, reason }
+}
 
 fn producer_config(
     client: &ClientConfig,
@@ -88,51 +115,125 @@ fn producer_config(
         if let Some(value) = cc.get(key) {
             let ok = value == want || (key == "acks" && value == "-1");
             if !ok {
-                return Err(ConfigError::Invalid {
-                    setting: key,
-                    reason: format!(
+                return Err(invalid(
+                    key,
+                    format!(
                         "the relay requires {key}={want} for ordered, loss-free delivery; remove the override {key}={value}"
                     ),
-                });
+                ));
             }
         }
         cc.set(key, want);
     }
+    if let Some(partitioner) = cc.get("partitioner") {
+        if !KEYED_PARTITIONERS.contains(&partitioner) {
+            return Err(invalid(
+                "partitioner",
+                format!(
+                    "{partitioner:?} does not send one key to one partition, so an aggregate's events would lose their order; \
+                     use one of {} (librdkafka's default is consistent_random; Java clients use murmur2_random) \
+                     and keep it unchanged while the topic has events",
+                    KEYED_PARTITIONERS.join(", ")
+                ),
+            ));
+        }
+    }
     // The relay enqueues a whole batch at once and awaits its acknowledgements
     // before the next claim, so lingering only delays the tail of every batch
-    // (docs/benchmarks.md: 0 ms instead of librdkafka's 5 ms raises drain
-    // throughput by a third and lowers end-to-end latency). A user's own
+    // (0 ms instead of librdkafka's 5 ms raises drain throughput by a third
+    // and lowers end-to-end latency; docs/design/relay.md). A user's own
     // setting, under either name, wins.
     if cc.get(LINGER).is_none() && cc.get(LINGER_ALIAS).is_none() {
         cc.set(LINGER, "0");
     }
-    let timeout = match cc.get("message.timeout.ms") {
-        Some(ms) => Duration::from_millis(ms.parse::<u64>().map_err(|_| ConfigError::Invalid {
-            setting: "message.timeout.ms",
-            reason: format!("{ms:?} is not a number of milliseconds"),
-        })?),
+    let timeout = match (cc.get(TIMEOUT), cc.get(TIMEOUT_ALIAS)) {
+        (Some(a), Some(b)) if a != b => return Err(invalid(
+            TIMEOUT,
+            format!(
+                "{TIMEOUT}={a} and its alias {TIMEOUT_ALIAS}={b} disagree; set only one of them"
+            ),
+        )),
+        (Some(ms), _) => Some((TIMEOUT, ms.to_owned())),
+        (None, Some(ms)) => Some((TIMEOUT_ALIAS, ms.to_owned())),
+        (None, None) => None,
+    };
+    let timeout = match timeout {
+        Some((setting, ms)) => {
+            let ms = ms
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid(setting, format!("{ms:?} is not a number of milliseconds")))?;
+            if ms == 0 {
+                return Err(invalid(
+                    setting,
+                    format!(
+                        "0 means no timeout, but the relay needs a bound on how long a produce takes so that a shard lease covers it; \
+                         set {setting} to a few seconds (default {} ms)",
+                        config.message_timeout.as_millis()
+                    ),
+                ));
+            }
+            Duration::from_millis(ms)
+        }
         None => {
             let ms = config.message_timeout.as_millis().to_string();
-            cc.set("message.timeout.ms", ms);
+            cc.set(TIMEOUT, ms);
             config.message_timeout
         }
     };
     if config.lease_ttl < timeout * 2 + Duration::from_secs(1) {
-        return Err(ConfigError::Invalid {
-            setting: "message.timeout.ms",
-            reason: format!(
-                "{timeout:?} is too long for lease_ttl {:?}; lower message.timeout.ms or raise OUTBOX_LEASE_TTL_SECONDS",
+        return Err(invalid(
+            TIMEOUT,
+            format!(
+                "{timeout:?} is too long for lease_ttl {:?}; lower {TIMEOUT} or raise OUTBOX_LEASE_TTL_SECONDS",
                 config.lease_ttl
             ),
-        });
+        ));
     }
     Ok((cc, timeout))
+}
+
+/// The relay's own connections: the pool's connect options with a
+/// `statement_timeout`, so no claim or mark can wait (behind a lock, on a
+/// stalled server) much beyond what its shard lease covers. The fence on
+/// every claim and mark (`lease.rs`) keeps a late statement harmless; the
+/// timeout keeps the relay from waiting on one.
+///
+/// Its connections are named `outbox-relay/<instance id>` (`application_name`),
+/// so `pg_stat_activity` shows which relay instance runs what.
+fn relay_pool(pool: &PgPool, config: &RelayConfig, instance_id: Uuid) -> PgPool {
+    let timeout = statement_timeout(config);
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(&format!("outbox-relay/{instance_id}"))
+        .options([("statement_timeout", timeout.as_millis().to_string())]);
+    PgPoolOptions::new()
+        .max_connections(RELAY_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options)
+}
+
+/// Connections a relay uses at most at once: the claim ahead, the outcome
+/// and floor writes, the lease maintenance or a gauge refresh, and the
+/// `LISTEN` connection.
+const RELAY_CONNECTIONS: u32 = 5;
+
+/// A third of the lease TTL, and at least a second.
+fn statement_timeout(config: &RelayConfig) -> Duration {
+    (config.lease_ttl / 3).max(Duration::from_secs(1))
 }
 
 impl Relay {
     /// Validates the registry and settings, checks the outbox tables exist
     /// and are writable, and creates the idempotent producer
-    /// (`enable.idempotence=true`, `acks=all` are enforced).
+    /// (`enable.idempotence=true`, `acks=all` and
+    /// `enable.gapless.guarantee=true` are enforced; `message.timeout.ms`
+    /// must be bounded and `partitioner` must map a key to one partition).
+    ///
+    /// The relay opens its own few connections with `pool`'s connect
+    /// options, a `statement_timeout` of a third of the lease TTL and the
+    /// `application_name` `outbox-relay/<instance id>`.
     pub async fn new(
         pool: PgPool,
         client_config: ClientConfig,
@@ -144,15 +245,14 @@ impl Relay {
         config.message_timeout = timeout;
         let names = Names::new(config.schema.as_ref());
         check_tables(&pool, &names).await?;
-        let producer: FutureProducer =
-            cc.create().map_err(|source| RelayError::Kafka { source })?;
+        let broker = KafkaBroker::new(cc).map_err(|source| RelayError::Kafka { source })?;
+        let instance_id = Uuid::new_v4();
         Ok(Self {
-            pool,
-            producer,
-            producer_config: cc,
+            pool: relay_pool(&pool, &config, instance_id),
+            broker,
             config,
             names,
-            instance_id: Uuid::new_v4(),
+            instance_id,
             counters: RelayCounters::shared(),
             metrics: None,
         })
@@ -324,6 +424,7 @@ mod tests {
         }
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("enable.gapless.guarantee"), Some("true"));
         assert_eq!(cc.get("message.timeout.ms"), Some("10000"));
         assert_eq!(timeout, Duration::from_secs(10));
     }
@@ -355,5 +456,56 @@ mod tests {
         user.set("message.timeout.ms", "60000");
         let err = producer_config(&user, &RelayConfig::default()).unwrap_err();
         assert!(err.to_string().contains("lease_ttl"), "{err}");
+        let mut user = ClientConfig::new();
+        user.set("enable.gapless.guarantee", "false");
+        let err = producer_config(&user, &RelayConfig::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("enable.gapless.guarantee=true"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_timeout_alias_is_read_and_an_unbounded_timeout_is_refused() {
+        let refused = |key: &str, value: &str| {
+            let mut user = ClientConfig::new();
+            user.set(key, value);
+            producer_config(&user, &RelayConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        for key in [TIMEOUT, TIMEOUT_ALIAS] {
+            let err = refused(key, "0");
+            assert!(err.contains(key) && err.contains("no timeout"), "{err}");
+        }
+        let err = refused(TIMEOUT_ALIAS, "60000");
+        assert!(err.contains("lease_ttl"), "the alias is checked too: {err}");
+        let mut user = ClientConfig::new();
+        user.set(TIMEOUT_ALIAS, "3000");
+        let (cc, timeout) = producer_config(&user, &RelayConfig::default()).unwrap();
+        assert_eq!(timeout, Duration::from_secs(3));
+        assert_eq!(cc.get(TIMEOUT), None, "no second timeout beside the alias");
+        user.set(TIMEOUT, "4000");
+        let err = producer_config(&user, &RelayConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
+
+    #[test]
+    fn only_partitioners_that_keep_a_key_on_one_partition_pass() {
+        for partitioner in KEYED_PARTITIONERS {
+            let mut user = ClientConfig::new();
+            user.set("partitioner", partitioner);
+            assert!(
+                producer_config(&user, &RelayConfig::default()).is_ok(),
+                "{partitioner}"
+            );
+        }
+        let mut user = ClientConfig::new();
+        user.set("partitioner", "random");
+        let err = producer_config(&user, &RelayConfig::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("\"random\" does not send one key"),
+            "{err}"
+        );
     }
 }

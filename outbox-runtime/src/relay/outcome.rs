@@ -1,11 +1,10 @@
 //! Recording what happened to a produced batch.
 
+use super::lease::Fence;
 use super::seq_runs::single_run;
 use crate::identifier::Names;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sqlx::postgres::PgArguments;
-use sqlx::query::Query;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 use std::time::Duration;
 
 /// How one row's attempt failed.
@@ -49,47 +48,80 @@ pub(crate) fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Durati
 /// One marking statement over a set of `seq`s, in its two forms.
 #[derive(Debug)]
 struct BySeq {
-    /// `$1` the `seq`s, one index lookup each.
-    list: String,
-    /// `$1`, `$2` the bounds of one run: one walk of the index.
-    run: String,
+    /// The statement without its `WHERE`.
+    statement: String,
 }
 
 impl BySeq {
-    /// `statement` (without `WHERE`) over a list of `seq`s or a run.
-    fn new(statement: &str) -> Self {
-        Self {
-            list: format!("{statement} WHERE seq = ANY($1)"),
-            run: format!("{statement} WHERE seq BETWEEN $1 AND $2"),
-        }
+    fn new(statement: String) -> Self {
+        Self { statement }
     }
 
-    /// The statement for `seqs`: by range when they are exactly
+    /// Marks `seqs` under `fence_mask`: by range when they are exactly
     /// `first..=last` (`seq` is the primary key, so the range holds exactly
-    /// these rows), by list otherwise.
-    fn query<'q>(&'q self, seqs: &'q [i64]) -> Query<'q, Postgres, PgArguments> {
-        match single_run(seqs) {
-            Some((first, last)) => sqlx::query(&self.run).bind(first).bind(last),
-            None => sqlx::query(&self.list).bind(seqs),
-        }
+    /// these rows: one walk of the index), by list otherwise (one index
+    /// lookup each). Returns the rows touched.
+    async fn execute<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        seqs: &[i64],
+        fence_mask: &str,
+    ) -> Result<u64, sqlx::Error> {
+        let fenced = format!("((1::int8 << shard) & {fence_mask}) <> 0");
+        let done = match single_run(seqs) {
+            Some((first, last)) => {
+                let sql = format!(
+                    "{} WHERE seq BETWEEN $1 AND $2 AND {fenced}",
+                    self.statement
+                );
+                sqlx::query(&sql)
+                    .persistent(false)
+                    .bind(first)
+                    .bind(last)
+                    .execute(executor)
+                    .await?
+            }
+            None => {
+                let sql = format!("{} WHERE seq = ANY($1) AND {fenced}", self.statement);
+                sqlx::query(&sql)
+                    .persistent(false)
+                    .bind(seqs)
+                    .execute(executor)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected())
     }
 }
 
 /// Marking statements. Like the claim, they are planned at each execution,
-/// never as a cached generic plan (see `claim_select`).
+/// never as a cached generic plan (see `claim_select`), and fenced: they
+/// touch only rows of shards whose lease this relay still holds at the
+/// epoch it knows (`lease.rs`).
 #[derive(Debug)]
 pub(crate) struct OutcomeSql {
+    lease: String,
     delete: BySeq,
     mark_published: BySeq,
     fail: String,
+}
+
+/// What a recording wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// Rows the marks did not touch: rows of shards whose lease this relay
+    /// no longer holds at the epoch it was issued under (or rows an
+    /// operator changed meanwhile).
+    pub refused: u64,
 }
 
 impl OutcomeSql {
     pub(crate) fn new(names: &Names) -> Self {
         let outbox = &names.outbox;
         Self {
-            delete: BySeq::new(&format!("DELETE FROM {outbox}")),
-            mark_published: BySeq::new(&format!(
+            lease: names.lease.clone(),
+            delete: BySeq::new(format!("DELETE FROM {outbox}")),
+            mark_published: BySeq::new(format!(
                 "UPDATE {outbox} SET state = 'published', published_at = now(), last_error = NULL"
             )),
             fail: format!(
@@ -105,55 +137,68 @@ impl OutcomeSql {
         }
     }
 
-    /// Marks delivered rows (delete or keep) and failed rows atomically:
-    /// one statement when only one kind is present (the usual case: a single
-    /// round trip, no `BEGIN`/`COMMIT`), one transaction when both are.
+    /// Marks delivered rows (delete or keep) and failed rows atomically,
+    /// under `fence`: one statement when only one kind is present (the
+    /// usual case: a single round trip, no `BEGIN`/`COMMIT`), one
+    /// transaction when both are.
     pub(crate) async fn record(
         &self,
         pool: &PgPool,
+        fence: &Fence,
         delivered: &[i64],
         keep_published: bool,
         failed: &[FailedRow],
-    ) -> Result<(), sqlx::Error> {
-        match (delivered.is_empty(), failed.is_empty()) {
-            (true, true) => Ok(()),
-            (false, true) => self.mark_delivered(pool, delivered, keep_published).await,
-            (true, false) => self.mark_failed(pool, failed).await,
+    ) -> Result<Recorded, sqlx::Error> {
+        let mask = fence.mask_sql(&self.lease, false);
+        let touched = match (delivered.is_empty(), failed.is_empty()) {
+            (true, true) => 0,
+            (false, true) => {
+                self.mark_delivered(pool, &mask, delivered, keep_published)
+                    .await?
+            }
+            (true, false) => self.mark_failed(pool, &mask, failed).await?,
             (false, false) => {
                 let mut tx = pool.begin().await?;
-                self.mark_delivered(&mut *tx, delivered, keep_published)
-                    .await?;
-                self.mark_failed(&mut *tx, failed).await?;
-                tx.commit().await
+                let touched = self
+                    .mark_delivered(&mut *tx, &mask, delivered, keep_published)
+                    .await?
+                    + self.mark_failed(&mut *tx, &mask, failed).await?;
+                tx.commit().await?;
+                touched
             }
-        }
+        };
+        let expected = (delivered.len() + failed.len()) as u64;
+        Ok(Recorded {
+            refused: expected.saturating_sub(touched),
+        })
     }
 
     async fn mark_delivered<'e>(
         &self,
         executor: impl sqlx::PgExecutor<'e>,
+        fence_mask: &str,
         delivered: &[i64],
         keep_published: bool,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<u64, sqlx::Error> {
         let marking = if keep_published {
             &self.mark_published
         } else {
             &self.delete
         };
-        marking
-            .query(delivered)
-            .persistent(false)
-            .execute(executor)
-            .await?;
-        Ok(())
+        marking.execute(executor, delivered, fence_mask).await
     }
 
     async fn mark_failed<'e>(
         &self,
         executor: impl sqlx::PgExecutor<'e>,
+        fence_mask: &str,
         failed: &[FailedRow],
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(&self.fail)
+    ) -> Result<u64, sqlx::Error> {
+        let statement = format!(
+            "{} AND ((1::int8 << o.shard) & {fence_mask}) <> 0",
+            self.fail
+        );
+        let done = sqlx::query(&statement)
             .persistent(false)
             .bind(failed.iter().map(|f| f.seq).collect::<Vec<_>>())
             .bind(failed.iter().map(|f| f.increment).collect::<Vec<_>>())
@@ -167,7 +212,7 @@ impl OutcomeSql {
             .bind(failed.iter().map(|f| f.dead).collect::<Vec<_>>())
             .execute(executor)
             .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 }
 

@@ -1,13 +1,16 @@
-//! Producing a claimed batch: enqueue everything, await the delivery
-//! reports together, classify each outcome.
+//! The relay's one way to the broker: produce a batch of keyed messages
+//! with headers, in order, and get one result per message ([`Broker`]),
+//! with Kafka (librdkafka's idempotent producer) its implementation.
 
 use super::claim::ClaimedRow;
 use super::outcome::Failure;
 use crate::topic::validate_topic_name;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -21,32 +24,108 @@ pub(crate) enum RowOutcome {
     Held,
 }
 
-/// Errors meaning "the broker could not be reached", not "this message was
-/// refused".
-fn is_infrastructure(code: RDKafkaErrorCode) -> bool {
+/// Where the relay sends its batches.
+///
+/// `produce` must keep the order of `rows` per key, as Kafka does per
+/// partition, and hold back (`RowOutcome::Held`) the rows of an aggregate
+/// after one of its rows failed to enqueue. A failure is
+/// [`Failure::Counted`] only when it is the message's own fault (too large,
+/// invalid, a topic that does not exist or may not be written):
+/// everything the broker or the client does wrong (outages, timeouts,
+/// leader changes, a fatal producer error) is [`Failure::Uncounted`].
+pub(crate) trait Broker: Send {
+    /// Produces `rows` to `topic_prefix` + their topics and waits for every
+    /// result.
+    fn produce<'a>(
+        &'a self,
+        topic_prefix: &'a str,
+        rows: &'a [ClaimedRow],
+    ) -> impl Future<Output = Vec<RowOutcome>> + Send + 'a;
+
+    /// Why the client cannot produce any more, if it cannot (a fatal error:
+    /// every later produce fails until it is rebuilt).
+    fn fatal_error(&self) -> Option<String>;
+
+    /// Replaces the client with a fresh one. Only called with nothing in
+    /// flight.
+    fn rebuild(&mut self) -> Result<(), String>;
+
+    /// Waits up to `timeout` for anything still queued.
+    fn flush(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// The Kafka producer behind [`Broker`].
+pub(crate) struct KafkaBroker {
+    producer: FutureProducer,
+    config: ClientConfig,
+}
+
+impl KafkaBroker {
+    pub(crate) fn new(config: ClientConfig) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: config.create()?,
+            config,
+        })
+    }
+}
+
+impl Broker for KafkaBroker {
+    fn produce<'a>(
+        &'a self,
+        topic_prefix: &'a str,
+        rows: &'a [ClaimedRow],
+    ) -> impl Future<Output = Vec<RowOutcome>> + Send + 'a {
+        produce_batch(&self.producer, topic_prefix, rows)
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{reason} ({code})"))
+    }
+
+    fn rebuild(&mut self) -> Result<(), String> {
+        self.producer = self.config.create().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn flush(&self, timeout: Duration) -> impl Future<Output = ()> + Send {
+        let producer = self.producer.clone();
+        async move {
+            let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        }
+    }
+}
+
+/// Errors that are the message's own fault: producing it again fails the
+/// same way. Every other error (timeouts, unreachable or changing brokers,
+/// missing replicas, a fatal producer error and the purge that follows it)
+/// is the broker's or the client's, and is never counted against the event.
+fn is_own_fault(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
         code,
-        C::MessageTimedOut
-            | C::AllBrokersDown
-            | C::BrokerTransportFailure
-            | C::Resolve
-            | C::RequestTimedOut
-            | C::NetworkException
-            | C::NotEnoughReplicas
-            | C::NotEnoughReplicasAfterAppend
-            | C::LeaderNotAvailable
-            | C::NotLeaderForPartition
-            | C::BrokerNotAvailable
-            | C::OperationTimedOut
+        C::InvalidMessage
+            | C::InvalidMessageSize
+            | C::MessageSizeTooLarge
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::UnsupportedForMessageFormat
+            | C::PolicyViolation
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::UnknownPartition
     )
 }
 
 fn classify(error: &KafkaError) -> Failure {
     let text = error.to_string();
     match error.rdkafka_error_code() {
-        Some(code) if is_infrastructure(code) => Failure::Uncounted(text),
-        _ => Failure::Counted(text),
+        Some(code) if is_own_fault(code) => Failure::Counted(text),
+        _ => Failure::Uncounted(text),
     }
 }
 
@@ -228,10 +307,37 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_infrastructure_and_size_is_the_message() {
-        let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
-        assert!(matches!(classify(&timeout), Failure::Uncounted(_)));
-        let big = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        assert!(matches!(classify(&big), Failure::Counted(_)));
+    fn only_the_messages_own_faults_count() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageTimedOut,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::OutOfOrderSequenceNumber,
+            C::Fatal,
+            C::PurgeQueue,
+            C::PurgeInflight,
+            C::GaplessGuarantee,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert!(
+                matches!(classify(&error), Failure::Uncounted(_)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidRecord,
+            C::TopicAuthorizationFailed,
+            C::UnknownTopic,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert!(matches!(classify(&error), Failure::Counted(_)), "{code:?}");
+        }
     }
 }

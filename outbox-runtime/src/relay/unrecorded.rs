@@ -14,8 +14,20 @@
 //! in, so its hold-backs are decided as before; what changes is the bound on
 //! duplicates after a crash: two batches (this one, acknowledged, and the
 //! one produced while it is written), not one.
+//!
+//! **Order within a batch.** Once a row of an aggregate did not get through
+//! (failed, or held behind a failure), no later row of that aggregate in the
+//! batch is marked, even when the broker acknowledged it: it stays
+//! `pending` and is produced again after the failed row. A later row that
+//! the broker did take ahead of an earlier failed one (possible only when
+//! the earlier message timed out in the client's queue while the later one
+//! got through: `enable.gapless.guarantee` turns every other such failure
+//! into a fatal error that fails the later rows too) is logged with both
+//! event ids and counted as `reordered`; a consumer then sees the later
+//! event, the earlier one, and the later one again.
 
 use super::claim::ClaimedRow;
+use super::lease::Fence;
 use super::outcome::{FailedRow, Failure};
 use super::produce::RowOutcome;
 use super::stats::RelayCounters;
@@ -33,8 +45,14 @@ pub(crate) struct Unrecorded {
     failed_at: Vec<usize>,
     failed: Vec<FailedRow>,
     unfinished: Unfinished,
-    /// Failures not counted as attempts (the broker was unreachable).
+    /// Failures not counted as attempts (the broker's fault, not the
+    /// event's).
     uncounted: usize,
+    /// Rows the broker acknowledged after an earlier row of their aggregate
+    /// failed in this batch; left pending, produced again.
+    reordered: usize,
+    /// The leases the batch was claimed under: its marks carry them.
+    fence: Fence,
     claimed_at: Instant,
     /// Seconds from the claim to the last acknowledgement.
     acknowledged_after: f64,
@@ -50,27 +68,34 @@ impl Unrecorded {
         rows: Vec<ClaimedRow>,
         outcomes: Vec<RowOutcome>,
         claimed_at: Instant,
+        fence: Fence,
         span: tracing::Span,
         mut fail: impl FnMut(&ClaimedRow, Failure) -> FailedRow,
     ) -> Self {
         let acknowledged_after = claimed_at.elapsed().as_secs_f64();
-        let any_delivered = outcomes.iter().any(|o| matches!(o, RowOutcome::Delivered));
         let mut delivered = Vec::with_capacity(rows.len());
         let (mut failed_at, mut failed) = (Vec::new(), Vec::new());
         let mut unfinished = Unfinished::default();
-        let mut uncounted = 0;
+        let (mut uncounted, mut reordered) = (0, 0);
         for (index, (row, outcome)) in rows.iter().zip(outcomes).enumerate() {
             match outcome {
-                RowOutcome::Delivered => delivered.push(index),
+                RowOutcome::Delivered if !unfinished.holds(row) => delivered.push(index),
+                RowOutcome::Delivered => {
+                    reordered += 1;
+                    tracing::warn!(
+                        event_id = %row.id,
+                        event_type = %row.event_type(),
+                        aggregate_type = %row.aggregate_type(),
+                        aggregate_id = %row.aggregate_id(),
+                        topic = %row.topic(),
+                        correlation_id = row.correlation_id().unwrap_or(""),
+                        "outbox event reached the broker after an earlier event of its aggregate failed; \
+                         it stays pending and is sent again after that event"
+                    );
+                }
                 RowOutcome::Held => unfinished.insert(row),
                 RowOutcome::Failed(failure) => {
                     unfinished.insert(row);
-                    // Unreachable-broker errors next to successes concern
-                    // this message (e.g. a missing topic): count them.
-                    let failure = match failure {
-                        Failure::Uncounted(e) if any_delivered => Failure::Counted(e),
-                        other => other,
-                    };
                     let f = fail(row, failure);
                     if f.increment == 0 {
                         uncounted += 1;
@@ -87,6 +112,8 @@ impl Unrecorded {
             failed,
             unfinished,
             uncounted,
+            reordered,
+            fence,
             claimed_at,
             acknowledged_after,
             span,
@@ -101,6 +128,16 @@ impl Unrecorded {
     /// Every row of the batch: still `pending` until the outcome is written.
     pub(crate) fn seqs(&self) -> impl Iterator<Item = i64> + '_ {
         self.rows.iter().map(|r| r.seq)
+    }
+
+    /// The leases the batch was claimed under.
+    pub(crate) fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Rows acknowledged ahead of an earlier failed row of their aggregate.
+    pub(crate) fn reordered(&self) -> usize {
+        self.reordered
     }
 
     /// `seq`s of the delivered rows.
@@ -124,8 +161,8 @@ impl Unrecorded {
         self.delivered.len()
     }
 
-    /// No message got through and some failed as unreachable: the broker is
-    /// down, not the events at fault.
+    /// No message got through and some failed for the broker's fault: the
+    /// broker is down or the producer broken, not the events at fault.
     pub(crate) fn broker_unreachable(&self) -> bool {
         self.delivered.is_empty() && self.uncounted > 0
     }
@@ -166,6 +203,9 @@ impl Unrecorded {
                 row.age_at_claim + self.acknowledged_after,
             );
         }
+        for _ in 0..self.reordered {
+            metrics.relay_error(ErrorKind::Reordered);
+        }
         for (&index, failed) in self.failed_at.iter().zip(&self.failed) {
             let row = &self.rows[index];
             if failed.dead {
@@ -183,6 +223,16 @@ mod tests {
     use super::*;
     use crate::relay::claim::tests::row;
     use std::time::Duration;
+    use uuid::Uuid;
+
+    fn fence() -> Fence {
+        Fence {
+            owner: Uuid::nil(),
+            shards: vec![0],
+            epochs: vec![1],
+            valid_for: Duration::ZERO,
+        }
+    }
 
     fn fail(row: &ClaimedRow, failure: Failure) -> FailedRow {
         let (increment, error) = match failure {
@@ -210,7 +260,14 @@ mod tests {
             RowOutcome::Delivered,
             RowOutcome::Held,
         ];
-        let batch = Unrecorded::new(rows, outcomes, Instant::now(), tracing::Span::none(), fail);
+        let batch = Unrecorded::new(
+            rows,
+            outcomes,
+            Instant::now(),
+            fence(),
+            tracing::Span::none(),
+            fail,
+        );
         assert_eq!(batch.seqs().collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(batch.delivered_seqs(), [2]);
         assert_eq!(batch.failed().len(), 1);
@@ -221,13 +278,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_broker_is_counted_only_when_nothing_got_through() {
+    fn a_broker_fault_never_counts_and_stops_the_relay_only_when_nothing_got_through() {
         let timeout = || RowOutcome::Failed(Failure::Uncounted("timed out".into()));
         let rows = vec![row(1, "essay", "a"), row(2, "essay", "b")];
         let down = Unrecorded::new(
             rows.clone(),
             vec![timeout(), timeout()],
             Instant::now(),
+            fence(),
             tracing::Span::none(),
             fail,
         );
@@ -237,14 +295,42 @@ mod tests {
             rows,
             vec![timeout(), RowOutcome::Delivered],
             Instant::now(),
+            fence(),
             tracing::Span::none(),
             fail,
         );
         assert!(!partly.broker_unreachable());
         assert_eq!(
             partly.failure_counts(),
-            (1, 0, 0),
-            "counted next to a success"
+            (0, 0, 1),
+            "not counted next to a success either"
         );
+    }
+
+    #[test]
+    fn a_later_row_acknowledged_after_its_aggregates_failure_is_not_marked() {
+        let rows = vec![
+            row(1, "essay", "a"),
+            row(2, "essay", "b"),
+            row(3, "essay", "a"),
+            row(4, "essay", "a"),
+        ];
+        let outcomes = vec![
+            RowOutcome::Failed(Failure::Uncounted("timed out".into())),
+            RowOutcome::Delivered,
+            RowOutcome::Delivered,
+            RowOutcome::Failed(Failure::Uncounted("timed out".into())),
+        ];
+        let batch = Unrecorded::new(
+            rows,
+            outcomes,
+            Instant::now(),
+            fence(),
+            tracing::Span::none(),
+            fail,
+        );
+        assert_eq!(batch.delivered_seqs(), [2], "3 stays pending behind 1");
+        assert_eq!(batch.reordered(), 1);
+        assert!(batch.unfinished().holds(&row(9, "essay", "a")));
     }
 }

@@ -1,72 +1,53 @@
-//! The relay loop: maintain leases, claim, produce, record, wait.
+//! The relay loop: keep the leases, claim, produce, record, wait.
+//!
+//! One round: take the next batch (claimed ahead last round, or claimed
+//! now), check the leases still cover it, then produce it while the
+//! previous batch's outcome is written and, for a full batch, the next one
+//! is claimed. See `docs/design/relay.md` for why each step is there.
 
+use super::chores::Chores;
 use super::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
 use super::config::{DeadEventPolicy, Retention};
 use super::floor::ClaimFloor;
-use super::lease::Leases;
-use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql};
-use super::pending_claim::PendingClaim;
+use super::lease::{Leases, Maintained};
+use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql, Recorded};
 use super::prefetch::Prefetched;
-use super::produce::produce_batch;
-use super::proof::Proof;
+use super::produce::{Broker, KafkaBroker};
 use super::stats::RelayCounters;
 use super::unrecorded::Unrecorded;
+use super::wakeup::Wakeups;
 use super::{Relay, RelayConfig};
-use crate::identifier::Names;
-use crate::metrics::{ErrorKind, OutboxMetrics};
-use crate::stats_query::{fetch_summary, summary_sql};
-use crate::wake;
+use crate::metrics::ErrorKind;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::ClientConfig;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
 use tracing::Instrument;
 use uuid::Uuid;
 
 /// Batches in a row the broker took none of before the producer is replaced.
 const PRODUCER_RENEWAL_AFTER: u32 = 3;
-const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(30);
-const RETENTION_SWEEP_ROWS: i64 = 5_000;
-/// How often a relay with metrics refreshes the queue gauges.
-const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
-pub(crate) struct Worker {
+pub(crate) struct Worker<B: Broker = KafkaBroker> {
     pool: PgPool,
-    producer: FutureProducer,
-    producer_config: ClientConfig,
-    unreachable_batches: u32,
     config: RelayConfig,
-    names: Names,
     instance_id: Uuid,
-    counters: Arc<RelayCounters>,
-    claimer: Claimer,
-    outcome_sql: OutcomeSql,
-    retention_sql: String,
-    leases: Leases,
     shutdown: watch::Receiver<bool>,
-    local: watch::Receiver<u64>,
-    listener: Option<PgListener>,
-    listener_retry_at: Instant,
+    counters: Arc<RelayCounters>,
+    // The stages of a round, in order.
+    leases: Leases,
+    claimer: Claimer,
+    broker: B,
+    outcome_sql: OutcomeSql,
+    /// Batches in a row that reached nothing of the broker.
+    unreachable_batches: u32,
     backoff: ExponentialBackoff,
-    trailing_until: Option<Instant>,
-    next_retention: Instant,
-    metrics: Option<OutboxMetrics>,
-    queue_sql: String,
-    next_queue_gauges: Instant,
-    /// What was claimed while the previous batch was produced: one batch,
-    /// or for a relay that owns only some of the shards up to
-    /// [`PARTIAL_OWNER_CLAIM_BATCHES`], taken one per round.
+    wakeups: Wakeups,
+    chores: Chores,
+    /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
-    /// The claim of the batches after the prefetch's last one, started
-    /// while the batch before it is produced (`pending_claim.rs`); only
-    /// beside a prefetch.
-    early_claim: Option<PendingClaim>,
     /// The batch produced last, whose outcome is written while the next
     /// one is produced.
     unrecorded: Option<Unrecorded>,
@@ -77,23 +58,9 @@ pub(crate) struct Worker {
 
 struct BatchResult {
     claimed: usize,
+    /// Nothing got through for the broker's fault: back off.
     broker_unreachable: bool,
 }
-
-/// Batches a relay that owns only some of the shards claims ahead at once.
-///
-/// Its rows in flight (the batch being produced and the one being marked)
-/// lie between other relays' rows, so a claim that cannot start above them
-/// (no proof stands, `proof.rs`) cannot skip them by range as a relay with
-/// every shard does (`claim.rs`, `copy_statement`): it reads them again,
-/// 2,000 rows for 1,000 claimed. Claiming two batches at once, the second
-/// left in `prefetched` for the round after the first, reads them once per
-/// two batches: with two relays on two cores Postgres used about a fifth
-/// less CPU per event (docs/benchmarks.md §6, measured before claims above
-/// a proven batch, which skip them whenever a proof stands). Such a claim
-/// reads the other relays' rows among its own and takes longer than
-/// producing a batch, so it starts a round early (`pending_claim.rs`).
-const PARTIAL_OWNER_CLAIM_BATCHES: usize = 2;
 
 /// Doubling delays from `min` to `max`, with jitter, without end.
 fn doubling(min: Duration, max: Duration) -> ExponentialBackoff {
@@ -116,12 +83,11 @@ fn infra_backoff() -> ExponentialBackoff {
     doubling(Duration::from_millis(200), Duration::from_secs(30))
 }
 
-impl Worker {
+impl Worker<KafkaBroker> {
     pub(crate) fn new(relay: Relay, shutdown: watch::Receiver<bool>) -> Self {
         let Relay {
             pool,
-            producer,
-            producer_config,
+            broker,
             config,
             names,
             instance_id,
@@ -134,8 +100,6 @@ impl Worker {
             config.lease_ttl,
             config.message_timeout,
         );
-        let mut local = wake::subscribe_local();
-        local.borrow_and_update();
         Self {
             claimer: Claimer::new(
                 pool.clone(),
@@ -144,39 +108,33 @@ impl Worker {
                 config.batch_size,
             ),
             outcome_sql: OutcomeSql::new(&names),
-            floor: Some(ClaimFloor::new(&names)),
-            retention_sql: format!(
-                "DELETE FROM {o} WHERE seq IN (
-                     SELECT seq FROM {o} WHERE state = 'published'
-                       AND published_at < now() - make_interval(secs => $1)
-                     LIMIT $2)",
-                o = names.outbox
+            floor: config
+                .mechanisms
+                .claim_floor
+                .then(|| ClaimFloor::new(&names)),
+            wakeups: Wakeups::new(
+                config.listen,
+                &names.channel,
+                config.poll_interval,
+                config.trailing_poll,
             ),
-            queue_sql: summary_sql(&names),
+            chores: Chores::new(&names, config.retention, metrics),
             leases,
             pool,
-            producer,
-            producer_config,
+            broker,
             unreachable_batches: 0,
             config,
-            names,
             instance_id,
             counters,
             shutdown,
-            local,
-            listener: None,
-            listener_retry_at: Instant::now(),
             backoff: infra_backoff(),
-            trailing_until: None,
-            next_retention: Instant::now(),
-            metrics,
-            next_queue_gauges: Instant::now(),
             prefetched: None,
-            early_claim: None,
             unrecorded: None,
         }
     }
+}
 
+impl<B: Broker> Worker<B> {
     fn stopping(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -185,17 +143,15 @@ impl Worker {
         tracing::info!(instance_id = %self.instance_id, batch_size = self.config.batch_size, "outbox relay started");
         while !self.stopping() {
             self.counters.tick();
-            self.refresh_gauges().await;
-            if self.leases.maintenance_due() {
-                // Shards may move: no outcome is left unwritten first.
-                self.flush_unrecorded().await;
-                if let Err(error) = self.leases.maintain(&self.pool).await {
-                    self.leases.invalidate();
-                    self.transient("renewing shard leases", &error).await;
-                    continue;
-                }
+            self.chores.refresh_gauges(&self.pool).await;
+            if self.leases.maintenance_due() && !self.maintain_leases().await {
+                continue;
             }
-            self.ensure_listener().await;
+            if !self.leases.usable() {
+                // A lapsed lease: what was claimed under it is not used.
+                self.prefetched = None;
+            }
+            self.wakeups.connect(&self.pool).await;
             let mut drained = true;
             if self.leases.usable() {
                 match self.run_batch().await {
@@ -207,7 +163,9 @@ impl Worker {
                             "outbox relay could not reach the broker; events stay pending, backing off"
                         );
                         self.unreachable_batches += 1;
-                        self.renew_producer_if_stuck();
+                        if self.unreachable_batches >= PRODUCER_RENEWAL_AFTER {
+                            self.rebuild_producer("no batch reached the broker");
+                        }
                         self.pause().await;
                         continue;
                     }
@@ -228,32 +186,57 @@ impl Worker {
             if !drained {
                 continue;
             }
-            self.sweep_retention().await;
+            self.chores.sweep_retention(&self.pool).await;
             self.advance_floor_while_idle().await;
-            self.idle().await;
+            let next_chore = self
+                .chores
+                .next_due()
+                .unwrap_or(Instant::now() + Duration::from_secs(3600));
+            let deadline = self.leases.next_maintenance().min(next_chore);
+            self.wakeups.wait(deadline, &self.shutdown).await;
         }
         self.finish().await;
     }
 
-    /// An idempotent producer can end in a state it does not leave by
-    /// itself: a fatal error (e.g. the broker lost its producer state in a
-    /// restart) or timing out batch after batch although the broker is back.
-    /// Between batches nothing is in flight, so a fresh producer (new
-    /// producer id, fresh metadata) is safe: unacknowledged rows are simply
-    /// produced again, in order.
-    fn renew_producer_if_stuck(&mut self) {
-        let fatal = self.producer.client().fatal_error();
-        if fatal.is_none() && self.unreachable_batches < PRODUCER_RENEWAL_AFTER {
-            return;
-        }
-        match self.producer_config.create::<FutureProducer>() {
-            Ok(fresh) => {
+    /// Renews the leases and rebalances; says whether the loop goes on to a
+    /// batch. Shards may move, so no outcome is left unwritten first, and
+    /// what was claimed under a lease that did not hold is dropped.
+    async fn maintain_leases(&mut self) -> bool {
+        self.flush_unrecorded().await;
+        match self.leases.maintain(&self.pool).await {
+            Ok(Maintained::Kept) => true,
+            Ok(Maintained::LostShards) => {
                 tracing::warn!(
-                    fatal_error = ?fatal,
+                    instance_id = %self.instance_id,
+                    "outbox relay's lease lapsed and another instance took some of its shards"
+                );
+                self.prefetched = None;
+                true
+            }
+            Err(error) => {
+                self.leases.invalidate();
+                self.prefetched = None;
+                self.transient("renewing shard leases", &error).await;
+                false
+            }
+        }
+    }
+
+    /// Replaces the producer: a fatal error (librdkafka's idempotent
+    /// producer stops for good after one, e.g. an out-of-order sequence), or
+    /// batch after batch timing out although the broker may be back. Between
+    /// batches nothing is in flight, so a fresh producer (new producer id,
+    /// fresh metadata) is safe: unacknowledged rows are produced again, in
+    /// order.
+    fn rebuild_producer(&mut self, reason: &str) {
+        match self.broker.rebuild() {
+            Ok(()) => {
+                tracing::warn!(
+                    reason,
                     failed_batches = self.unreachable_batches,
                     "outbox relay replaced its Kafka producer"
                 );
-                self.producer = fresh;
+                self.metric_error(ErrorKind::Producer);
                 self.unreachable_batches = 0;
             }
             Err(error) => {
@@ -265,43 +248,30 @@ impl Worker {
     async fn finish(&mut self) {
         // Nothing is in flight here: batches are awaited before the loop
         // checks for shutdown, and the last outcome is written now.
-        self.discard_early_claim().await;
         self.flush_unrecorded().await;
         if let Err(error) = self.leases.release_all(&self.pool).await {
             tracing::warn!(%error, "outbox relay could not give its leases back; they expire after the TTL");
         }
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        self.broker.flush(Duration::from_secs(5)).await;
         tracing::info!(instance_id = %self.instance_id, "outbox relay stopped");
     }
 
     fn metric_error(&self, kind: ErrorKind) {
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = self.chores.metrics() {
             metrics.relay_error(kind);
         }
     }
 
-    /// Marks the loop alive and, at most every few seconds, refreshes the
-    /// queue gauges (a cheap query on the partial indexes).
-    async fn refresh_gauges(&mut self) {
-        let Some(metrics) = &self.metrics else {
-            return;
-        };
-        metrics.relay_loop();
-        if Instant::now() < self.next_queue_gauges {
-            return;
-        }
-        self.next_queue_gauges = Instant::now() + QUEUE_GAUGES_EVERY;
-        match fetch_summary(&self.pool, &self.queue_sql).await {
-            Ok(summary) => metrics.set_queue(&summary),
-            Err(error) => tracing::warn!(%error, "outbox relay could not refresh the queue gauges"),
-        }
-    }
-
+    /// A database error: back off. The server may have restarted or failed
+    /// over meanwhile (handing out `seq`s below the claim floor again), so
+    /// the floor starts over.
     async fn transient(&mut self, action: &str, error: &(dyn std::fmt::Display + Sync)) {
         self.counters.error();
         self.metric_error(ErrorKind::Database);
         tracing::warn!(action, %error, "outbox relay error; backing off and retrying");
+        if let Some(floor) = self.floor.as_mut() {
+            floor.reset();
+        }
         self.pause().await;
     }
 
@@ -315,80 +285,12 @@ impl Worker {
         }
     }
 
-    async fn ensure_listener(&mut self) {
-        if !self.config.listen || self.listener.is_some() || Instant::now() < self.listener_retry_at
-        {
-            return;
-        }
-        let connected = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(&self.names.channel).await?;
-            Ok::<_, sqlx::Error>(listener)
-        }
-        .await;
-        match connected {
-            Ok(listener) => self.listener = Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay could not LISTEN for wake-ups; polling until it can");
-                self.listener_retry_at = Instant::now() + Duration::from_secs(5);
-            }
-        }
-    }
-
-    async fn idle(&mut self) {
-        let now = Instant::now();
-        let mut deadline = (now + self.config.poll_interval).min(self.leases.next_maintenance());
-        if let Some(until) = self.trailing_until {
-            if until > now {
-                deadline = deadline.min(until);
-            } else {
-                self.trailing_until = None;
-            }
-        }
-        if matches!(self.config.retention, Retention::Keep(_)) {
-            deadline = deadline.min(self.next_retention);
-        }
-        if self.metrics.is_some() {
-            deadline = deadline.min(self.next_queue_gauges);
-        }
-        let trailing = self.config.trailing_poll;
-        let listen = self.config.listen;
-        let mut shutdown = self.shutdown.clone();
-        let listener = &mut self.listener;
-        let notified = async {
-            match listener {
-                Some(l) => l.try_recv().await.map(|_| ()),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = sleep_until(deadline.into()) => {}
-            _ = shutdown.changed() => {}
-            _ = self.local.changed(), if listen => {
-                self.trailing_until = Some(Instant::now() + trailing);
-            }
-            result = notified => {
-                match result {
-                    Ok(()) => self.trailing_until = Some(Instant::now() + trailing),
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox relay lost its LISTEN connection; reconnecting");
-                        self.listener = None;
-                    }
-                }
-            }
-        }
-    }
-
     /// Between wake-ups nothing is in flight (the last outcome is written
     /// once a claim comes back empty), so the floor can move up to the
     /// pending rows: the claims of a steady trickle of events then skip the
     /// rows delivered since the last vacuum as a backlog's claims do.
     async fn advance_floor_while_idle(&mut self) {
-        if self.unrecorded.is_some()
-            || self.prefetched.is_some()
-            || self.early_claim.is_some()
-            || !self.leases.usable()
-        {
+        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
             return;
         }
         let mask = shard_mask(self.leases.owned());
@@ -397,46 +299,12 @@ impl Worker {
         }
     }
 
-    async fn sweep_retention(&mut self) {
-        let Retention::Keep(keep) = self.config.retention else {
-            return;
-        };
-        if Instant::now() < self.next_retention {
-            return;
-        }
-        self.next_retention = Instant::now() + RETENTION_SWEEP_EVERY;
-        match sqlx::query(&self.retention_sql)
-            .persistent(false)
-            .bind(keep.as_secs_f64())
-            .bind(RETENTION_SWEEP_ROWS)
-            .execute(&self.pool)
-            .await
-        {
-            Ok(done) if done.rows_affected() > 0 => {
-                tracing::debug!(deleted = done.rows_affected(), "outbox retention sweep");
-                if done.rows_affected() == u64::try_from(RETENTION_SWEEP_ROWS).unwrap_or(0) {
-                    self.next_retention = Instant::now();
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "outbox retention sweep failed; retrying later"),
-        }
-    }
-
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
-        let prefetched = self
-            .prefetched
-            .take()
-            .and_then(|p| p.into_next_batch(self.leases.owned(), self.claimer.limit()));
+        let fence = self.leases.fence();
+        let prefetched = self.prefetched.take().and_then(|p| p.into_batch(&fence));
         let batch = match prefetched {
-            Some((batch, rest)) => {
-                self.prefetched = rest;
-                batch
-            }
+            Some(batch) => batch,
             None => {
-                // The prefetch an early claim was started beside is gone
-                // (shards moved): its rows are claimed afresh below.
-                self.discard_early_claim().await;
                 // A fresh claim cannot drop rows behind an unwritten failure
                 // (a claim ahead can, see `deliver`): write that one first.
                 if self
@@ -448,14 +316,24 @@ impl Worker {
                 }
                 let unrecorded = self.unrecorded_seqs(&[]);
                 let floor = self.claim_floor();
-                self.claimer
-                    .claim(self.leases.owned(), &unrecorded, floor)
-                    .await?
+                self.claimer.claim(&fence, &unrecorded, floor).await?
             }
         };
         if batch.rows.is_empty() {
-            self.discard_early_claim().await;
             self.flush_unrecorded().await;
+            return Ok(BatchResult {
+                claimed: 0,
+                broker_unreachable: false,
+            });
+        }
+        // The claim may have waited (behind a lock, or in a paused process)
+        // until the leases no longer cover a whole produce: nothing of it is
+        // enqueued then; its rows stay pending for whoever holds the shards.
+        if !self.leases.usable() {
+            tracing::warn!(
+                events = batch.rows.len(),
+                "outbox relay's leases ran short while it claimed; the batch is left pending"
+            );
             return Ok(BatchResult {
                 claimed: 0,
                 broker_unreachable: false,
@@ -486,32 +364,17 @@ impl Worker {
         rows.iter().map(|r| r.seq).chain(unrecorded).collect()
     }
 
-    /// Claims the batch after `rows` (`batches` of them at once) in a task
-    /// of its own, while `rows` are produced: decoding a claimed batch is
-    /// CPU work that would otherwise hold up this task while it enqueues and
-    /// collects acknowledgements.
-    ///
-    /// `waiting`, the rows of a prefetch not produced yet, are left out too.
-    /// `proof`, what the claim of the last rows in flight proved
-    /// (`proof.rs`), lets the claim start above them.
-    fn claim_ahead(
-        &self,
-        rows: &[ClaimedRow],
-        waiting: impl IntoIterator<Item = i64>,
-        batches: usize,
-        proof: Option<Proof>,
-    ) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+    /// Claims the batch after `rows` in a task of its own, while `rows` are
+    /// produced: decoding a claimed batch is CPU work that would otherwise
+    /// hold up this task while it enqueues and collects acknowledgements.
+    fn claim_ahead(&self, batch: &Claimed) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
-        let shards = self.leases.owned().to_vec();
-        let mut in_flight = self.unrecorded_seqs(rows);
-        in_flight.extend(waiting);
+        let fence = batch.fence.clone();
+        let in_flight = self.unrecorded_seqs(&batch.rows);
         let floor = self.claim_floor();
-        let final_before = self.floor.as_ref().and_then(ClaimFloor::final_seq);
         tokio::spawn(async move {
-            let batch = claimer
-                .claim_ahead(&shards, &in_flight, floor, batches, proof, final_before)
-                .await?;
-            Ok(Prefetched::new(batch, shards))
+            let batch = claimer.claim_ahead(&fence, &in_flight, floor).await?;
+            Ok(Prefetched::new(batch))
         })
     }
 
@@ -520,44 +383,23 @@ impl Worker {
     /// to write during the next round (see `unrecorded`) and the batch
     /// claimed ahead (see `prefetch`).
     async fn deliver(&mut self, batch: Claimed) -> Result<BatchResult, sqlx::Error> {
+        let claimed = batch.rows.len();
+        // A full batch means a backlog: claim the next one meanwhile. A
+        // partial batch took everything there was; what commits meanwhile
+        // is better claimed fresh after this batch, in one round, than
+        // split across a claim ahead and the round after it.
+        let full = claimed >= self.claimer.limit()
+            && !self.stopping()
+            && self.config.mechanisms.claim_ahead;
+        let claiming = full.then(|| self.claim_ahead(&batch));
         let Claimed {
             rows,
             started: claimed_at,
             took: claim_took,
-            proof,
-            ..
+            fence,
         } = batch;
-        let claimed = rows.len();
-        // A full batch means a backlog: claim the next one meanwhile (two,
-        // for a relay with only some of the shards), unless the last claim
-        // left the next batch already. A partial batch took
-        // everything there was; what commits meanwhile is better claimed
-        // fresh after this batch, in one round, than split across a
-        // claim-ahead and the round after it.
-        let mask = shard_mask(self.leases.owned());
-        let batches = if mask == -1 {
-            1
-        } else {
-            PARTIAL_OWNER_CLAIM_BATCHES
-        };
-        let full = claimed >= self.claimer.limit() && !self.stopping();
-        let claiming = match self.early_claim.take() {
-            // Started last round, beside this batch, the prefetch's last.
-            Some(early) => Some(early),
-            None => (full && self.prefetched.is_none())
-                .then(|| PendingClaim::new(self.claim_ahead(&rows, [], batches, proof))),
-        };
-        // The prefetch's last batch waits, full: the claim after it starts
-        // now and runs through this round and the next (`pending_claim.rs`).
-        if claiming.is_none() && full && batches > 1 {
-            let last = self
-                .prefetched
-                .as_ref()
-                .filter(|next| next.len() == self.claimer.limit());
-            if let Some(last) = last {
-                let handle = self.claim_ahead(&rows, last.seqs(), batches, last.proof());
-                self.early_claim = Some(PendingClaim::new(handle));
-            }
+        if !self.config.mechanisms.record_while_producing {
+            self.flush_unrecorded().await;
         }
         let previous = self.unrecorded.take();
         // The claim ahead started before the previous outcome is written, so
@@ -573,12 +415,12 @@ impl Worker {
             floor.saw_batch();
         }
         let mut floor = self.floor.take_if(|floor| floor.due());
+        let mask = shard_mask(&fence.shards);
         let first_in_flight = rows.iter().map(|row| row.seq).min();
         let produce_started = Instant::now();
         let ((outcomes, produce_took), previous_recorded) = tokio::join!(
             async {
-                let outcomes =
-                    produce_batch(&self.producer, &self.config.topic_prefix, &rows).await;
+                let outcomes = self.broker.produce(&self.config.topic_prefix, &rows).await;
                 (outcomes, produce_started.elapsed())
             },
             async {
@@ -599,54 +441,62 @@ impl Worker {
             rows,
             outcomes,
             claimed_at,
+            fence,
             tracing::Span::current(),
             |row, failure| self.failed_row(row, failure),
         );
+        let fatal = self.broker.fatal_error();
         let broker_unreachable = current.broker_unreachable();
         let delivered = current.delivered();
+        let reordered = current.reordered();
         let (retried, dead, uncounted) = current.failure_counts();
         held_back.extend(current.unfinished());
         self.unrecorded = Some(current);
         // Awaited even when it is not used, so no claim outlives its batch.
         let next = match claiming {
-            Some(claiming) => claiming.land().await,
+            Some(claiming) => Some(claiming.await),
             None => None,
         };
-        if broker_unreachable || self.stopping() {
+        if broker_unreachable || fatal.is_some() || self.stopping() {
             self.flush_unrecorded().await;
         }
+        if let Some(fatal) = &fatal {
+            self.rebuild_producer(fatal);
+        }
         let previous_record_ms = match previous_recorded {
-            Ok(took) => took.map(|took| took.as_secs_f64() * 1e3),
+            Ok(recorded) => recorded.map(|(took, recorded)| {
+                self.refused_marks(recorded);
+                took.as_secs_f64() * 1e3
+            }),
             Err(error) => {
-                // Rows left from an earlier claim ahead go too, as a claim
-                // made this round does: the next round claims afresh.
-                self.drop_prefetch().await;
+                // Rows claimed ahead were claimed beside rows now left
+                // pending: the next round claims afresh.
+                self.prefetched = None;
                 return Err(error);
             }
         };
-        let (next_claim_ms, next_claim_above_proof) = match &next {
-            Some(Ok(prefetched)) => (
-                Some(prefetched.claim_took().as_secs_f64() * 1e3),
-                Some(prefetched.claimed_above_proof()),
-            ),
-            _ => (None, None),
-        };
-        match next {
-            _ if broker_unreachable => self.drop_prefetch().await,
-            Some(Ok(prefetched)) => self.prefetched = Some(prefetched),
-            Some(Err(error)) => {
+        let next_claim_ms = match next {
+            _ if broker_unreachable || fatal.is_some() => None,
+            Some(Ok(Ok(prefetched))) => {
+                let ms = prefetched.claim_ms();
+                self.prefetched = Some(prefetched);
+                Some(ms)
+            }
+            Some(Ok(Err(error))) => {
                 // The next round claims afresh and reports a lasting error.
                 tracing::debug!(%error, "outbox relay could not claim ahead");
+                None
             }
-            None => {}
-        }
-        // Whatever is claimed ahead, just now or in an earlier round, was
-        // claimed before this round's outcome was known.
+            Some(Err(error)) => {
+                tracing::debug!(%error, "outbox relay's claim ahead ended abnormally");
+                None
+            }
+            None => None,
+        };
+        // What is claimed ahead was claimed before this round's outcome was
+        // known.
         if let Some(prefetched) = self.prefetched.as_mut() {
             prefetched.hold_back(&held_back);
-        }
-        if let Some(early) = self.early_claim.as_mut() {
-            early.hold_back(&held_back);
         }
         tracing::debug!(
             claimed,
@@ -654,17 +504,34 @@ impl Worker {
             retried,
             dead,
             uncounted,
+            reordered,
             claim_ms = claim_took.as_secs_f64() * 1e3,
             produce_ms = produce_took.as_secs_f64() * 1e3,
             next_claim_ms,
-            next_claim_above_proof,
             previous_record_ms,
             "outbox batch produced"
         );
         Ok(BatchResult {
             claimed,
-            broker_unreachable,
+            broker_unreachable: broker_unreachable || fatal.is_some(),
         })
+    }
+
+    /// Marks that touched fewer rows than they named: the shards' leases are
+    /// no longer this instance's at the epoch the batch was claimed under
+    /// (another instance took them after this one's lease lapsed). The
+    /// leases are checked again before the next batch.
+    fn refused_marks(&mut self, recorded: Recorded) {
+        if recorded.refused == 0 {
+            return;
+        }
+        tracing::warn!(
+            instance_id = %self.instance_id,
+            refused = recorded.refused,
+            "outbox relay's marks were refused: it no longer holds the lease of these rows' shards; their new owner delivers them"
+        );
+        self.leases.invalidate();
+        self.prefetched = None;
     }
 
     /// Writes the outcome of the batch produced last, if it is not written
@@ -672,56 +539,37 @@ impl Worker {
     /// delivered again (duplicates, never loss); `record` logged why.
     async fn flush_unrecorded(&mut self) {
         if let Some(batch) = self.unrecorded.take() {
-            if self.record(batch).await.is_err() {
-                self.counters.error();
-                self.metric_error(ErrorKind::Database);
-                // Its rows stay pending below what the prefetch proved.
-                if let Some(prefetched) = self.prefetched.as_mut() {
-                    prefetched.forget_proof();
-                }
-                if let Some(early) = self.early_claim.as_mut() {
-                    early.forget_proof();
+            match self.record(batch).await {
+                Ok((_, recorded)) => self.refused_marks(recorded),
+                Err(_) => {
+                    self.counters.error();
+                    self.metric_error(ErrorKind::Database);
                 }
             }
         }
     }
 
-    /// Throws away what was claimed ahead: the prefetch, and the claim
-    /// started early beside it.
-    async fn drop_prefetch(&mut self) {
-        self.prefetched = None;
-        self.discard_early_claim().await;
-    }
-
-    /// Waits for a claim started early and throws it away (its prefetch is
-    /// not produced as claimed).
-    async fn discard_early_claim(&mut self) {
-        if let Some(early) = self.early_claim.take() {
-            early.discard().await;
-        }
-    }
-
-    /// Writes a produced batch's outcome; retried while the leases still
-    /// cover the rows, since the broker already has the messages. Returns
-    /// how long the write took.
-    async fn record(&self, batch: Unrecorded) -> Result<Duration, sqlx::Error> {
+    /// Writes a produced batch's outcome under the leases it was claimed
+    /// under; retried while the leases still cover the rows, since the
+    /// broker already has the messages. Returns how long the write took.
+    async fn record(&self, batch: Unrecorded) -> Result<(Duration, Recorded), sqlx::Error> {
         let span = batch.span().clone();
         self.record_in_span(batch).instrument(span).await
     }
 
-    async fn record_in_span(&self, batch: Unrecorded) -> Result<Duration, sqlx::Error> {
+    async fn record_in_span(&self, batch: Unrecorded) -> Result<(Duration, Recorded), sqlx::Error> {
         let started = Instant::now();
         let delivered = batch.delivered_seqs();
         let keep = matches!(self.config.retention, Retention::Keep(_));
         let mut backoff = record_backoff();
         let mut attempt = 0u32;
-        loop {
+        let recorded = loop {
             match self
                 .outcome_sql
-                .record(&self.pool, &delivered, keep, batch.failed())
+                .record(&self.pool, batch.fence(), &delivered, keep, batch.failed())
                 .await
             {
-                Ok(()) => break,
+                Ok(recorded) => break recorded,
                 Err(error) if attempt < 20 && self.leases.usable() => {
                     attempt += 1;
                     self.counters.error();
@@ -735,16 +583,17 @@ impl Worker {
                     return Err(error);
                 }
             }
-        }
-        batch.report(&self.counters, self.metrics.as_ref());
+        };
+        batch.report(&self.counters, self.chores.metrics());
         let took = started.elapsed();
         tracing::debug!(
             claimed = batch.claimed(),
             delivered = delivered.len(),
+            refused = recorded.refused,
             record_ms = took.as_secs_f64() * 1e3,
             "outbox batch recorded"
         );
-        Ok(took)
+        Ok((took, recorded))
     }
 
     fn failed_row(&self, row: &ClaimedRow, failure: Failure) -> FailedRow {
@@ -797,8 +646,9 @@ impl Worker {
     }
 }
 
-/// Moves the claim floor (see `floor.rs`); a failure only leaves it where
-/// it was, so it is logged and the relay goes on.
+/// Moves the claim floor (see `floor.rs`). A failure may be a lost
+/// connection to a server that restarted, so the floor starts over (claims
+/// read from the index's start until the next reading); the relay goes on.
 async fn move_floor(
     floor: &mut ClaimFloor,
     pool: &PgPool,
@@ -806,6 +656,7 @@ async fn move_floor(
     first_in_flight: Option<i64>,
 ) {
     if let Err(error) = floor.advance(pool, mask, first_in_flight).await {
-        tracing::debug!(%error, "outbox relay could not move its claim floor");
+        tracing::debug!(%error, "outbox relay could not move its claim floor; it starts over");
+        floor.reset();
     }
 }

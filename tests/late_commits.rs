@@ -1,17 +1,13 @@
-//! Claims above a proven batch (`outbox-runtime/src/relay/proof.rs`)
-//! against a real Postgres and broker. During a backlog the relay claims
-//! ahead above the rows it has in flight without reading them again, once
-//! a claim proved that nothing else of its shards can lie below. Two kinds
-//! of row must stop such a proof, or they would be left below it:
+//! Rows that become pending below rows already claimed, against a real
+//! Postgres and broker, during a backlog the relay drains with claims ahead
+//! that start at its claim floor (`outbox-runtime/src/relay/floor.rs`):
 //!
-//! - a row whose transaction is still open: when it commits, below rows
-//!   already claimed, it still goes out before the later events of its
-//!   aggregate. Without the horizon check the later event was claimed above
-//!   the proof and sent first (4 order violations in each test);
-//! - a retrying or dead row: sent again by an operator during the backlog,
-//!   it goes out before its aggregate's later events. Without the check of
-//!   blocking rows its retry was passed over and it never became dead
-//!   while the backlog drained.
+//! - a row whose transaction is still open while later rows of its shards
+//!   are claimed: when it commits, it still goes out before the later
+//!   events of its aggregate (the horizon keeps the floor below it);
+//! - a dead row an operator sends again during the backlog: it goes out
+//!   before its aggregate's later events (the floor never passes a dead
+//!   row, and the retried row holds its aggregate back while it is retried).
 
 mod fixtures;
 mod support;
@@ -23,7 +19,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Serialize, OutboxEvent)]
-#[outbox_event(topic = "proof.ledger-entry-posted.v1", aggregate = "account")]
+#[outbox_event(topic = "late.ledger-entry-posted.v1", aggregate = "account")]
 struct LedgerEntryPostedV1 {
     #[outbox_event(aggregate_id)]
     account_id: String,
@@ -32,12 +28,12 @@ struct LedgerEntryPostedV1 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_committed_late_during_a_backlog_precedes_its_aggregates_later_events() {
-    late_commit_scenario("prooflateall", Shards::All).await;
+    late_commit_scenario("latecommitall", Shards::All).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_committed_late_precedes_later_events_for_a_relay_with_some_shards() {
-    late_commit_scenario("prooflatehalf", Shards::LowerHalf).await;
+    late_commit_scenario("latecommithalf", Shards::LowerHalf).await;
 }
 
 /// Events of backlog aggregates, numbered per aggregate in `next`.
@@ -154,10 +150,9 @@ async fn late_commit_scenario(name: &str, shards: Shards) {
 
 /// A dead event passed over by claims during a backlog, then sent again by
 /// an operator while the backlog still drains: its aggregate's later events
-/// (held back behind it while it was dead) still go out after it. A claim
-/// that passed over a dead row must not count as proof: once the row is
-/// pending again it lies below the claims above the proof, while the later
-/// events of its aggregate, no longer held back, lie above it.
+/// (held back behind it while it was dead) still go out after it. Once the
+/// row is pending again it lies below rows already claimed, so the floor
+/// must not have passed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_events() {
     const EVENTS: usize = 20_000;
@@ -165,7 +160,7 @@ async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_
     /// Every this many events after it, one more of its aggregate.
     const SPREAD: usize = 200;
     let bootstrap = support::bootstrap_servers();
-    let s = fixtures::scenario("proofdeadretry", &bootstrap, 2).await;
+    let s = fixtures::scenario("latedeadretry", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let mut next = HashMap::<String, i64>::new();
     let events: Vec<LedgerEntryPostedV1> = (0..EVENTS)

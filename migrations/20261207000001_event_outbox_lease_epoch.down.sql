@@ -1,0 +1,1 @@
+ALTER TABLE event_outbox_lease DROP COLUMN IF EXISTS epoch;
