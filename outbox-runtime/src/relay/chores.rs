@@ -1,9 +1,9 @@
 //! What a relay does beside delivering: refreshing the queue gauges of its
 //! metrics, and deleting published rows past their retention.
 
-use super::config::Retention;
 use crate::identifier::Names;
 use crate::metrics::OutboxMetrics;
+use crate::relay::config::Retention;
 use crate::stats_query::{fetch_summary, summary_sql};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};

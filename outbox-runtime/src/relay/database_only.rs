@@ -4,11 +4,11 @@
 //! `outbox-bench` measures it as the Postgres-only baseline of
 //! `relay_vs_raw_produce`. Not a public API: it changes without notice.
 
-use super::claim::{shard_mask, Claimer};
-use super::floor::ClaimFloor;
-use super::lease::{Fence, SHARDS};
-use super::outcome::OutcomeSql;
 use crate::identifier::Names;
+use crate::relay::bounds::ClaimFloor;
+use crate::relay::claim::{shard_mask, Claimer};
+use crate::relay::lease::{Fence, SHARDS};
+use crate::relay::record::OutcomeSql;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -103,7 +103,7 @@ impl DatabaseOnlyDrain {
         &mut self,
         in_flight: &[i64],
     ) -> Result<(Vec<i64>, Vec<i64>), sqlx::Error> {
-        let seqs = |claimed: super::claim::Claimed| -> Vec<i64> {
+        let seqs = |claimed: crate::relay::claim::Claimed| -> Vec<i64> {
             claimed.rows.iter().map(|row| row.seq).collect()
         };
         let floor = self.floor();

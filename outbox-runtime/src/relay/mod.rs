@@ -1,23 +1,19 @@
 //! The relay: delivers committed outbox rows to Kafka, in order per
 //! aggregate, at least once.
 
-mod chores;
+// The stages of a round, in the order the worker runs them.
+mod bounds;
 mod claim;
+mod lease;
+mod produce;
+mod record;
+// Around them.
+mod chores;
 mod config;
-mod copy_binary;
 #[doc(hidden)]
 pub mod database_only;
-mod envelope_shape;
-mod floor;
-mod horizon;
-mod lease;
-mod outcome;
-mod prefetch;
-mod produce;
 mod seq_runs;
 mod stats;
-mod unfinished;
-mod unrecorded;
 mod wakeup;
 mod worker;
 
@@ -147,12 +143,14 @@ fn producer_config(
         cc.set(LINGER, "0");
     }
     let timeout = match (cc.get(TIMEOUT), cc.get(TIMEOUT_ALIAS)) {
-        (Some(a), Some(b)) if a != b => return Err(invalid(
-            TIMEOUT,
-            format!(
+        (Some(a), Some(b)) if a != b => {
+            return Err(invalid(
+                TIMEOUT,
+                format!(
                 "{TIMEOUT}={a} and its alias {TIMEOUT_ALIAS}={b} disagree; set only one of them"
             ),
-        )),
+            ))
+        }
         (Some(ms), _) => Some((TIMEOUT, ms.to_owned())),
         (None, Some(ms)) => Some((TIMEOUT_ALIAS, ms.to_owned())),
         (None, None) => None,

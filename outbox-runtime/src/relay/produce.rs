@@ -2,8 +2,8 @@
 //! with headers, in order, and get one result per message ([`Broker`]),
 //! with Kafka (librdkafka's idempotent producer) its implementation.
 
-use super::claim::ClaimedRow;
-use super::outcome::Failure;
+use crate::relay::claim::ClaimedRow;
+use crate::relay::record::Failure;
 use crate::topic::validate_topic_name;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -6,18 +6,18 @@
 //! is claimed. See `docs/design/relay.md` for why each step is there.
 
 use super::chores::Chores;
-use super::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
-use super::config::{DeadEventPolicy, Retention};
-use super::floor::ClaimFloor;
-use super::lease::{Leases, Maintained};
-use super::outcome::{retry_delay, FailedRow, Failure, OutcomeSql, Recorded};
-use super::prefetch::Prefetched;
-use super::produce::{Broker, KafkaBroker};
-use super::stats::RelayCounters;
-use super::unrecorded::Unrecorded;
 use super::wakeup::Wakeups;
 use super::{Relay, RelayConfig};
 use crate::metrics::ErrorKind;
+use crate::relay::bounds::ClaimFloor;
+use crate::relay::claim::prefetch::Prefetched;
+use crate::relay::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
+use crate::relay::config::{DeadEventPolicy, Retention};
+use crate::relay::lease::{Leases, Maintained};
+use crate::relay::produce::{Broker, KafkaBroker};
+use crate::relay::record::unrecorded::Unrecorded;
+use crate::relay::record::{retry_delay, FailedRow, Failure, OutcomeSql, Recorded};
+use crate::relay::stats::RelayCounters;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -354,7 +354,7 @@ impl<B: Broker> Worker<B> {
         let mask = shard_mask(self.leases.owned());
         self.floor
             .as_ref()
-            .map_or(super::floor::NO_FLOOR, |floor| floor.get(mask))
+            .map_or(crate::relay::bounds::NO_FLOOR, |floor| floor.get(mask))
     }
 
     /// `rows` and the rows of the batch whose outcome is not written yet:

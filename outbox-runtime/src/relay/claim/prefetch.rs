@@ -17,9 +17,9 @@
 //! outcome. The outcome itself is written while the prefetch is produced
 //! (see `unrecorded`).
 
-use super::claim::Claimed;
-use super::lease::Fence;
-use super::unfinished::Unfinished;
+use crate::relay::claim::Claimed;
+use crate::relay::lease::Fence;
+use crate::relay::record::unfinished::Unfinished;
 
 /// A batch claimed ahead.
 #[derive(Debug)]

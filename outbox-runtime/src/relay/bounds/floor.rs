@@ -46,8 +46,8 @@
 //! to read it) there is no floor: claims read from the start, as without
 //! this module.
 
-use super::horizon::{Horizon, Reading, Restart, ServerRun};
 use crate::identifier::Names;
+use crate::relay::bounds::horizon::{Horizon, Reading, Restart, ServerRun};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{PgPool, Row};
 use std::time::{Duration, Instant};
@@ -407,8 +407,8 @@ fn advance_statement(outbox: &str, timeline: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::horizon::tests::{reading, run};
     use super::*;
+    use crate::relay::bounds::horizon::tests::{reading, run};
 
     #[test]
     fn the_advance_reads_the_open_transactions_after_the_sequence() {

@@ -1,11 +1,16 @@
-//! Claiming the next batch of deliverable rows.
+//! Claiming the next batch of deliverable rows, and the batch claimed
+//! ahead while the current one is produced.
 
-use super::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
-use super::envelope_shape::is_envelope;
-use super::floor::NO_FLOOR;
-use super::lease::Fence;
-use super::seq_runs;
+pub(crate) mod copy_binary;
+mod envelope_shape;
+pub(crate) mod prefetch;
+
 use crate::identifier::Names;
+use crate::relay::bounds::NO_FLOOR;
+use crate::relay::claim::copy_binary::{interval_seconds, CopyFormatError, CopyReader, Tuple};
+use crate::relay::claim::envelope_shape::is_envelope;
+use crate::relay::lease::Fence;
+use crate::relay::seq_runs;
 use futures::TryStreamExt;
 use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgPoolCopyExt, PgRow};
@@ -651,7 +656,7 @@ pub(crate) mod tests {
 
     /// Binary COPY data of one claimed row with the given topic.
     fn copied_row(topic: Option<&str>) -> Vec<u8> {
-        use crate::relay::copy_binary::tests::{encode, interval};
+        use crate::relay::claim::copy_binary::tests::{encode, interval};
         let text = |t: &str| Some(t.as_bytes().to_vec());
         encode(&[vec![
             Some(42i64.to_be_bytes().to_vec()),

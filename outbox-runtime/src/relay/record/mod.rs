@@ -1,8 +1,11 @@
 //! Recording what happened to a produced batch.
 
-use super::lease::Fence;
-use super::seq_runs::single_run;
+pub(crate) mod unfinished;
+pub(crate) mod unrecorded;
+
 use crate::identifier::Names;
+use crate::relay::lease::Fence;
+use crate::relay::seq_runs::single_run;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use std::time::Duration;

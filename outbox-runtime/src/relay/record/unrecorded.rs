@@ -26,13 +26,13 @@
 //! event ids and counted as `reordered`; a consumer then sees the later
 //! event, the earlier one, and the later one again.
 
-use super::claim::ClaimedRow;
-use super::lease::Fence;
-use super::outcome::{FailedRow, Failure};
-use super::produce::RowOutcome;
-use super::stats::RelayCounters;
-use super::unfinished::Unfinished;
 use crate::metrics::{ErrorKind, OutboxMetrics};
+use crate::relay::claim::ClaimedRow;
+use crate::relay::lease::Fence;
+use crate::relay::produce::RowOutcome;
+use crate::relay::record::unfinished::Unfinished;
+use crate::relay::record::{FailedRow, Failure};
+use crate::relay::stats::RelayCounters;
 use std::time::Instant;
 
 /// A produced batch and what happened to each row, waiting to be written.

@@ -1,6 +1,6 @@
 //! Aggregates whose later rows must wait.
 
-use super::claim::ClaimedRow;
+use crate::relay::claim::ClaimedRow;
 use std::collections::HashSet;
 
 /// Aggregates (type, id) with a row that did not get through a batch
