@@ -12,7 +12,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/infra.sh"
 
 SCENARIOS=(relay_vs_raw_produce publish_overhead bulk_publish end_to_end_latency
-           backlog_independence relay_scaling)
+           backlog_independence relay_scaling relay_mechanisms)
 
 outbox_init
 ensure_tansu

@@ -8,6 +8,7 @@
 //! ```
 
 mod broker;
+mod mechanisms;
 mod scenarios;
 mod setup;
 mod stats;
@@ -18,7 +19,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 struct Args {
     /// `all` or one of: relay_vs_raw_produce, publish_overhead, bulk_publish,
-    /// end_to_end_latency, backlog_independence (with relay_memory), relay_scaling.
+    /// end_to_end_latency, backlog_independence (with relay_memory), relay_scaling,
+    /// relay_mechanisms.
     #[arg(default_value = "all")]
     scenario: String,
     /// Smaller sizes (a smoke run); the output says which sizes were used.
@@ -83,6 +85,7 @@ async fn main() -> ExitCode {
         scenarios::backlog_independence_and_memory
     );
     run!("relay_scaling", scenarios::relay_scaling);
+    run!("relay_mechanisms", mechanisms::relay_mechanisms);
     report.print_table();
     if failed {
         ExitCode::FAILURE

@@ -100,10 +100,12 @@ pub struct RelayConfig {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mechanisms {
-    /// Claim the next batch while a full one is produced.
+    /// Enqueue the next batch before the results of the one before are in.
+    pub pipeline: bool,
+    /// Claim the batch after a full one while that one is produced.
     pub claim_ahead: bool,
-    /// Write a batch's outcome while the next one is produced.
-    pub record_while_producing: bool,
+    /// Write a batch's outcome while the next batch is claimed.
+    pub record_while_claiming: bool,
     /// Start claims at the claim floor instead of the pending index's start.
     pub claim_floor: bool,
 }
@@ -111,8 +113,9 @@ pub struct Mechanisms {
 impl Default for Mechanisms {
     fn default() -> Self {
         Self {
+            pipeline: true,
             claim_ahead: true,
-            record_while_producing: true,
+            record_while_claiming: true,
             claim_floor: true,
         }
     }

@@ -3,14 +3,15 @@
 //! with Kafka (librdkafka's idempotent producer) its implementation.
 
 use crate::relay::claim::ClaimedRow;
+use crate::relay::record::unfinished::Unfinished;
 use crate::relay::record::Failure;
 use crate::topic::validate_topic_name;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
-use std::collections::HashSet;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -26,21 +27,25 @@ pub(crate) enum RowOutcome {
 
 /// Where the relay sends its batches.
 ///
-/// `produce` must keep the order of `rows` per key, as Kafka does per
+/// `enqueue` must keep the order of `rows` per key, as Kafka does per
 /// partition, and hold back (`RowOutcome::Held`) the rows of an aggregate
-/// after one of its rows failed to enqueue. A failure is
+/// in `held` or after one of its rows failed to enqueue. A failure is
 /// [`Failure::Counted`] only when it is the message's own fault (too large,
 /// invalid, a topic that does not exist or may not be written):
 /// everything the broker or the client does wrong (outages, timeouts,
 /// leader changes, a fatal producer error) is [`Failure::Uncounted`].
 pub(crate) trait Broker: Send {
-    /// Produces `rows` to `topic_prefix` + their topics and waits for every
-    /// result.
-    fn produce<'a>(
+    /// The results of an enqueued batch, one per row, in order; they arrive
+    /// whether or not the future is polled.
+    type Acks: Future<Output = Vec<RowOutcome>> + Send + Sync + Unpin + 'static;
+
+    /// Hands `rows` to the client for `topic_prefix` + their topics.
+    fn enqueue<'a>(
         &'a self,
         topic_prefix: &'a str,
         rows: &'a [ClaimedRow],
-    ) -> impl Future<Output = Vec<RowOutcome>> + Send + 'a;
+        held: &'a Unfinished,
+    ) -> impl Future<Output = Enqueued<Self::Acks>> + Send + 'a;
 
     /// Why the client cannot produce any more, if it cannot (a fatal error:
     /// every later produce fails until it is rebuilt).
@@ -52,6 +57,13 @@ pub(crate) trait Broker: Send {
 
     /// Waits up to `timeout` for anything still queued.
     fn flush(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// An enqueued batch: its results to come, and the aggregates of which a
+/// row could not even be enqueued (a later batch holds their rows back).
+pub(crate) struct Enqueued<A> {
+    pub acks: A,
+    pub failed: Unfinished,
 }
 
 /// The Kafka producer behind [`Broker`].
@@ -69,13 +81,19 @@ impl KafkaBroker {
     }
 }
 
+/// The results of a batch enqueued to Kafka.
+pub(crate) type KafkaAcks = Pin<Box<dyn Future<Output = Vec<RowOutcome>> + Send + Sync>>;
+
 impl Broker for KafkaBroker {
-    fn produce<'a>(
+    type Acks = KafkaAcks;
+
+    fn enqueue<'a>(
         &'a self,
         topic_prefix: &'a str,
         rows: &'a [ClaimedRow],
-    ) -> impl Future<Output = Vec<RowOutcome>> + Send + 'a {
-        produce_batch(&self.producer, topic_prefix, rows)
+        held: &'a Unfinished,
+    ) -> impl Future<Output = Enqueued<KafkaAcks>> + Send + 'a {
+        enqueue_batch(&self.producer, topic_prefix, rows, held)
     }
 
     fn fatal_error(&self) -> Option<String> {
@@ -197,20 +215,21 @@ enum Pending {
     Done(RowOutcome),
 }
 
-/// Produces `rows` in order. Rows of an aggregate that already failed in
-/// this batch are held back, so a retried event is never overtaken by a
-/// later event of its aggregate that was enqueued after the failure.
-pub(crate) async fn produce_batch(
+/// Enqueues `rows` in order. Rows of an aggregate in `held`, or that
+/// already failed to enqueue in this batch, are held back, so a retried
+/// event is never overtaken by a later event of its aggregate that was
+/// enqueued after the failure.
+async fn enqueue_batch(
     producer: &FutureProducer,
     topic_prefix: &str,
     rows: &[ClaimedRow],
-) -> Vec<RowOutcome> {
-    let mut failed_aggregates: HashSet<(&str, &str)> = HashSet::new();
+    held: &Unfinished,
+) -> Enqueued<KafkaAcks> {
+    let mut failed = Unfinished::default();
     let mut topics = Topics::new(topic_prefix);
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
-        let aggregate = (row.aggregate_type(), row.aggregate_id());
-        if !failed_aggregates.is_empty() && failed_aggregates.contains(&aggregate) {
+        if held.holds(row) || failed.holds(row) {
             pending.push(Pending::Done(RowOutcome::Held));
             continue;
         }
@@ -222,7 +241,7 @@ pub(crate) async fn produce_batch(
         let topic = match checked {
             Ok(topic) => topic,
             Err(failure) => {
-                failed_aggregates.insert(aggregate);
+                failed.insert(row);
                 pending.push(Pending::Done(RowOutcome::Failed(failure)));
                 continue;
             }
@@ -230,14 +249,21 @@ pub(crate) async fn produce_batch(
         match enqueue(producer, topic, row).await {
             Ok(future) => pending.push(Pending::Sent(future)),
             Err(error) => {
-                failed_aggregates.insert(aggregate);
+                failed.insert(row);
                 pending.push(Pending::Done(RowOutcome::Failed(classify(&error))));
             }
         }
     }
-    // Awaited in order: acknowledgements arrive in bursts (one per produce
-    // request), so after the first of a burst wakes this task the rest are
-    // already complete and cost no wake-up (`join_all` woke it per message).
+    Enqueued {
+        acks: Box::pin(acknowledgements(pending)),
+        failed,
+    }
+}
+
+/// Awaited in order: acknowledgements arrive in bursts (one per produce
+/// request), so after the first of a burst wakes the task the rest are
+/// already complete and cost no wake-up (`join_all` woke it per message).
+async fn acknowledgements(pending: Vec<Pending>) -> Vec<RowOutcome> {
     let mut outcomes = Vec::with_capacity(pending.len());
     for p in pending {
         outcomes.push(match p {

@@ -13,8 +13,9 @@ use crate::relay::bounds::ClaimFloor;
 use crate::relay::claim::prefetch::Prefetched;
 use crate::relay::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
 use crate::relay::config::{DeadEventPolicy, Retention};
-use crate::relay::lease::{Leases, Maintained};
+use crate::relay::lease::{Fence, Leases, Maintained};
 use crate::relay::produce::{Broker, KafkaBroker};
+use crate::relay::record::unfinished::Unfinished;
 use crate::relay::record::unrecorded::Unrecorded;
 use crate::relay::record::{retry_delay, FailedRow, Failure, OutcomeSql, Recorded};
 use crate::relay::stats::RelayCounters;
@@ -46,20 +47,72 @@ pub(crate) struct Worker<B: Broker = KafkaBroker> {
     backoff: ExponentialBackoff,
     wakeups: Wakeups,
     chores: Chores,
-    /// The batch claimed while the previous one was produced.
+    /// The batch claimed while the one before it was settled.
     prefetched: Option<Prefetched>,
-    /// The batch produced last, whose outcome is written while the next
-    /// one is produced.
+    /// The batch enqueued last, whose results are awaited next round.
+    in_flight: Option<Flight<B::Acks>>,
+    /// The batch settled last, whose outcome is written while the next
+    /// batch is claimed.
     unrecorded: Option<Unrecorded>,
     /// Where claims start in the pending index; `None` only while it is
     /// being advanced.
     floor: Option<ClaimFloor>,
 }
 
-struct BatchResult {
-    claimed: usize,
-    /// Nothing got through for the broker's fault: back off.
+/// A batch handed to the broker whose results are not in yet.
+struct Flight<A> {
+    rows: Vec<ClaimedRow>,
+    acks: A,
+    /// Aggregates of which a row could not be enqueued: the next batch
+    /// holds their rows back.
+    failed_to_enqueue: Unfinished,
+    fence: Fence,
+    claimed_at: Instant,
+    claim_took: Duration,
+    enqueued_at: Instant,
+    enqueue_took: Duration,
+    span: tracing::Span,
+}
+
+impl<A> Flight<A> {
+    fn first_seq(&self) -> Option<i64> {
+        self.rows.iter().map(|row| row.seq).min()
+    }
+}
+
+/// What a settled batch leaves for the round.
+struct Settled {
+    /// Aggregates that did not get through.
+    unfinished: Unfinished,
     broker_unreachable: bool,
+}
+
+struct BatchResult {
+    /// Rows claimed this round.
+    claimed: usize,
+    /// Batches are in flight or their outcome was just settled: go on
+    /// without waiting for a wake-up.
+    busy: bool,
+    /// A batch's results came in this round.
+    settled: bool,
+    /// Nothing of the settled batch got through for the broker's fault:
+    /// back off.
+    broker_unreachable: bool,
+}
+
+impl BatchResult {
+    const IDLE: Self = Self {
+        claimed: 0,
+        busy: false,
+        settled: false,
+        broker_unreachable: false,
+    };
+    const BUSY: Self = Self {
+        claimed: 0,
+        busy: true,
+        settled: false,
+        broker_unreachable: false,
+    };
 }
 
 /// Doubling delays from `min` to `max`, with jitter, without end.
@@ -129,6 +182,7 @@ impl Worker<KafkaBroker> {
             shutdown,
             backoff: infra_backoff(),
             prefetched: None,
+            in_flight: None,
             unrecorded: None,
         }
     }
@@ -170,9 +224,12 @@ impl<B: Broker> Worker<B> {
                         continue;
                     }
                     Ok(result) => {
-                        self.backoff = infra_backoff();
-                        self.unreachable_batches = 0;
-                        drained = result.claimed == 0;
+                        // Only a batch that got through shows the broker is back.
+                        if result.settled {
+                            self.backoff = infra_backoff();
+                            self.unreachable_batches = 0;
+                        }
+                        drained = result.claimed == 0 && !result.busy;
                     }
                     Err(error) => {
                         self.transient("claiming or recording a batch", &error)
@@ -181,7 +238,7 @@ impl<B: Broker> Worker<B> {
                     }
                 }
             } else {
-                self.flush_unrecorded().await;
+                self.drain(Unfinished::default()).await;
             }
             if !drained {
                 continue;
@@ -202,7 +259,7 @@ impl<B: Broker> Worker<B> {
     /// batch. Shards may move, so no outcome is left unwritten first, and
     /// what was claimed under a lease that did not hold is dropped.
     async fn maintain_leases(&mut self) -> bool {
-        self.flush_unrecorded().await;
+        self.drain(Unfinished::default()).await;
         match self.leases.maintain(&self.pool).await {
             Ok(Maintained::Kept) => true,
             Ok(Maintained::LostShards) => {
@@ -246,9 +303,8 @@ impl<B: Broker> Worker<B> {
     }
 
     async fn finish(&mut self) {
-        // Nothing is in flight here: batches are awaited before the loop
-        // checks for shutdown, and the last outcome is written now.
-        self.flush_unrecorded().await;
+        // The batch in flight is settled and every outcome written.
+        self.drain(Unfinished::default()).await;
         if let Err(error) = self.leases.release_all(&self.pool).await {
             tracing::warn!(%error, "outbox relay could not give its leases back; they expire after the TTL");
         }
@@ -290,7 +346,11 @@ impl<B: Broker> Worker<B> {
     /// pending rows: the claims of a steady trickle of events then skip the
     /// rows delivered since the last vacuum as a backlog's claims do.
     async fn advance_floor_while_idle(&mut self) {
-        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
+        if self.unrecorded.is_some()
+            || self.in_flight.is_some()
+            || self.prefetched.is_some()
+            || !self.leases.usable()
+        {
             return;
         }
         let mask = shard_mask(self.leases.owned());
@@ -299,31 +359,76 @@ impl<B: Broker> Worker<B> {
         }
     }
 
+    /// One round: take the next batch (claimed ahead last round, or claimed
+    /// now while the outcome settled last round is written), enqueue it,
+    /// then settle the batch enqueued the round before (its results in
+    /// order) while the broker takes this one and, for a full batch, the
+    /// next one is claimed.
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
         let fence = self.leases.fence();
         let prefetched = self.prefetched.take().and_then(|p| p.into_batch(&fence));
-        let batch = match prefetched {
-            Some(batch) => batch,
-            None => {
-                // A fresh claim cannot drop rows behind an unwritten failure
-                // (a claim ahead can, see `deliver`): write that one first.
-                if self
-                    .unrecorded
-                    .as_ref()
-                    .is_some_and(|u| !u.unfinished().is_empty())
-                {
-                    self.flush_unrecorded().await;
-                }
-                let unrecorded = self.unrecorded_seqs(&[]);
-                let floor = self.claim_floor();
-                self.claimer.claim(&fence, &unrecorded, floor).await?
+        // Outside a drain no outcome waiting to be written holds a failure
+        // (`settle_in_round`), so a claim made meanwhile cannot pass over a
+        // row that must hold its aggregate back.
+        let excluded = self.rows_not_recorded(&[]);
+        let floor = self.claim_floor();
+        let previous = self.unrecorded.take();
+        let first_in_flight = self.in_flight.as_ref().and_then(Flight::first_seq);
+        let mut moving = self.floor.take_if(|floor| floor.due());
+        let mask = shard_mask(&fence.shards);
+        let sequential = !self.config.mechanisms.record_while_claiming;
+        let record = async {
+            let recorded = match previous {
+                Some(previous) => self.record(previous).await.map(Some),
+                None => Ok(None),
+            };
+            if let (Ok(_), Some(floor)) = (&recorded, moving.as_mut()) {
+                move_floor(floor, &self.pool, mask, first_in_flight).await;
+            }
+            recorded
+        };
+        let (claimed, recorded) = match prefetched {
+            Some(batch) => (Ok(batch), record.await),
+            None if sequential => {
+                let recorded = record.await;
+                (self.claimer.claim(&fence, &excluded, floor).await, recorded)
+            }
+            None => tokio::join!(self.claimer.claim(&fence, &excluded, floor), record),
+        };
+        if moving.is_some() {
+            self.floor = moving;
+        }
+        if claimed.as_ref().is_ok_and(|batch| !batch.rows.is_empty()) {
+            // Rows are being delivered: the floor has somewhere to move.
+            if let Some(floor) = self.floor.as_mut() {
+                floor.saw_batch();
+            }
+        }
+        let recorded = match recorded {
+            Ok(recorded) => recorded.map(|(took, recorded)| {
+                self.refused_marks(recorded);
+                took
+            }),
+            Err(error) => {
+                self.drain(Unfinished::default()).await;
+                return Err(error);
+            }
+        };
+        let batch = match claimed {
+            Ok(batch) => batch,
+            Err(error) => {
+                self.drain(Unfinished::default()).await;
+                return Err(error);
             }
         };
         if batch.rows.is_empty() {
-            self.flush_unrecorded().await;
-            return Ok(BatchResult {
-                claimed: 0,
-                broker_unreachable: false,
+            // Nothing new: settle what is in flight; idle once nothing is.
+            return Ok(match self.in_flight.take() {
+                Some(flight) => self.settle_in_round(flight, recorded).await,
+                None => {
+                    self.flush_unrecorded().await;
+                    BatchResult::IDLE
+                }
             });
         }
         // The claim may have waited (behind a lock, or in a paused process)
@@ -334,10 +439,8 @@ impl<B: Broker> Worker<B> {
                 events = batch.rows.len(),
                 "outbox relay's leases ran short while it claimed; the batch is left pending"
             );
-            return Ok(BatchResult {
-                claimed: 0,
-                broker_unreachable: false,
-            });
+            self.drain(Unfinished::default()).await;
+            return Ok(BatchResult::IDLE);
         }
         let span = tracing::info_span!(
             "outbox.relay.batch",
@@ -346,10 +449,26 @@ impl<B: Broker> Worker<B> {
             first_seq = batch.rows.first().map(|r| r.seq),
             last_seq = batch.rows.last().map(|r| r.seq),
         );
-        self.deliver(batch).instrument(span).await
+        let claimed = batch.rows.len();
+        let flight = self.enqueue(batch, span).await;
+        let previous_flight = self.in_flight.replace(flight);
+        let mut result = match previous_flight {
+            Some(flight) => self.settle_in_round(flight, recorded).await,
+            None => BatchResult::BUSY,
+        };
+        if !self.config.mechanisms.pipeline {
+            // One batch in flight at a time: settle this one now.
+            if let Some(flight) = self.in_flight.take() {
+                let settled = self.settle_in_round(flight, None).await;
+                result.settled = true;
+                result.broker_unreachable |= settled.broker_unreachable;
+            }
+        }
+        result.claimed = claimed;
+        Ok(result)
     }
 
-    /// Where a claim of the owned shards starts (see `floor.rs`).
+    /// Where a claim of the owned shards starts (see `bounds/`).
     fn claim_floor(&self) -> i64 {
         let mask = shard_mask(self.leases.owned());
         self.floor
@@ -357,163 +476,192 @@ impl<B: Broker> Worker<B> {
             .map_or(crate::relay::bounds::NO_FLOOR, |floor| floor.get(mask))
     }
 
-    /// `rows` and the rows of the batch whose outcome is not written yet:
-    /// both are still `pending`, and no claim may return them.
-    fn unrecorded_seqs(&self, rows: &[ClaimedRow]) -> Vec<i64> {
+    /// `rows`, the rows in flight and the rows of the batch whose outcome is
+    /// not written yet: all still `pending`, and no claim may return them.
+    fn rows_not_recorded(&self, rows: &[ClaimedRow]) -> Vec<i64> {
+        let in_flight = self.in_flight.iter().flat_map(|f| f.rows.iter());
         let unrecorded = self.unrecorded.iter().flat_map(|u| u.seqs());
-        rows.iter().map(|r| r.seq).chain(unrecorded).collect()
+        rows.iter()
+            .chain(in_flight)
+            .map(|r| r.seq)
+            .chain(unrecorded)
+            .collect()
     }
 
-    /// Claims the batch after `rows` in a task of its own, while `rows` are
-    /// produced: decoding a claimed batch is CPU work that would otherwise
-    /// hold up this task while it enqueues and collects acknowledgements.
-    fn claim_ahead(&self, batch: &Claimed) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
-        let claimer = self.claimer.clone();
-        let fence = batch.fence.clone();
-        let in_flight = self.unrecorded_seqs(&batch.rows);
-        let floor = self.claim_floor();
-        tokio::spawn(async move {
-            let batch = claimer.claim_ahead(&fence, &in_flight, floor).await?;
-            Ok(Prefetched::new(batch))
-        })
-    }
-
-    /// Produces the batch while writing the outcome of the previous one and,
-    /// when this one is full, claiming the next; keeps this batch's outcome
-    /// to write during the next round (see `unrecorded`) and the batch
-    /// claimed ahead (see `prefetch`).
-    async fn deliver(&mut self, batch: Claimed) -> Result<BatchResult, sqlx::Error> {
-        let claimed = batch.rows.len();
-        // A full batch means a backlog: claim the next one meanwhile. A
-        // partial batch took everything there was; what commits meanwhile
-        // is better claimed fresh after this batch, in one round, than
-        // split across a claim ahead and the round after it.
-        let full = claimed >= self.claimer.limit()
-            && !self.stopping()
-            && self.config.mechanisms.claim_ahead;
-        let claiming = full.then(|| self.claim_ahead(&batch));
+    /// Hands `batch` to the broker, holding back the aggregates that failed
+    /// to enqueue in the batch still in flight.
+    async fn enqueue(&self, batch: Claimed, span: tracing::Span) -> Flight<B::Acks> {
         let Claimed {
             rows,
             started: claimed_at,
             took: claim_took,
             fence,
         } = batch;
-        if !self.config.mechanisms.record_while_producing {
-            self.flush_unrecorded().await;
-        }
-        let previous = self.unrecorded.take();
-        // The claim ahead started before the previous outcome is written, so
-        // it may hold rows behind the previous batch's failures too.
-        let mut held_back = previous
+        let no_hold = Unfinished::default();
+        let held = self
+            .in_flight
             .as_ref()
-            .map(|p| p.unfinished().clone())
-            .unwrap_or_default();
-        // Once the previous outcome is written, the floor moves up to this
-        // batch (the only rows in flight then, besides the claim ahead's,
-        // which are still pending).
-        if let Some(floor) = self.floor.as_mut() {
-            floor.saw_batch();
+            .map_or(&no_hold, |flight| &flight.failed_to_enqueue);
+        let started = Instant::now();
+        let enqueued = self
+            .broker
+            .enqueue(&self.config.topic_prefix, &rows, held)
+            .instrument(span.clone())
+            .await;
+        Flight {
+            rows,
+            acks: enqueued.acks,
+            failed_to_enqueue: enqueued.failed,
+            fence,
+            claimed_at,
+            claim_took,
+            enqueued_at: started,
+            enqueue_took: started.elapsed(),
+            span,
         }
-        let mut floor = self.floor.take_if(|floor| floor.due());
-        let mask = shard_mask(&fence.shards);
-        let first_in_flight = rows.iter().map(|row| row.seq).min();
-        let produce_started = Instant::now();
-        let ((outcomes, produce_took), previous_recorded) = tokio::join!(
-            async {
-                let outcomes = self.broker.produce(&self.config.topic_prefix, &rows).await;
-                (outcomes, produce_started.elapsed())
-            },
-            async {
-                let recorded = match previous {
-                    Some(previous) => self.record(previous).await.map(Some),
-                    None => Ok(None),
-                };
-                if let (Ok(_), Some(floor)) = (&recorded, floor.as_mut()) {
-                    move_floor(floor, &self.pool, mask, first_in_flight).await;
+    }
+
+    /// Settles the batch enqueued last round while the broker takes the
+    /// one just enqueued and, when that one is full, the batch after it is
+    /// claimed. Drains the pipeline when the settled batch did not all get
+    /// through: the batch enqueued since was claimed before that was known.
+    async fn settle_in_round(
+        &mut self,
+        flight: Flight<B::Acks>,
+        previous_record: Option<Duration>,
+    ) -> BatchResult {
+        // The newest batch handed to the broker: full means a backlog.
+        let newest = self.in_flight.as_ref().unwrap_or(&flight);
+        let full = newest.rows.len() >= self.claimer.limit()
+            && !self.stopping()
+            && self.config.mechanisms.claim_ahead;
+        let claiming = full.then(|| self.claim_ahead(&flight.rows));
+        let span = flight.span.clone();
+        let settled = self
+            .settle(flight, &Unfinished::default(), previous_record)
+            .instrument(span)
+            .await;
+        let next = match claiming {
+            Some(claiming) => Some(claiming.await),
+            None => None,
+        };
+        let fatal = self.broker.fatal_error();
+        if settled.unfinished.is_empty() && fatal.is_none() {
+            match next {
+                Some(Ok(Ok(prefetched))) => self.prefetched = Some(prefetched),
+                Some(Ok(Err(error))) => {
+                    // The next round claims afresh and reports a lasting error.
+                    tracing::debug!(%error, "outbox relay could not claim ahead");
                 }
-                recorded
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "outbox relay's claim ahead ended abnormally");
+                }
+                None => {}
             }
-        );
-        if floor.is_some() {
-            self.floor = floor;
+            return BatchResult {
+                claimed: 0,
+                busy: true,
+                settled: true,
+                broker_unreachable: false,
+            };
         }
+        // Something did not get through: settle and write everything, so
+        // the next claim sees every failure; then a broken producer is
+        // replaced with nothing in flight.
+        self.drain(settled.unfinished).await;
+        if let Some(fatal) = &fatal {
+            self.rebuild_producer(fatal);
+        }
+        BatchResult {
+            claimed: 0,
+            busy: true,
+            settled: true,
+            broker_unreachable: settled.broker_unreachable || fatal.is_some(),
+        }
+    }
+
+    /// Waits for `flight`'s results and keeps its outcome to write
+    /// (`unrecorded`, which must be empty). `prior`: aggregates that did not
+    /// get through an earlier batch whose outcome was not known when this
+    /// one was enqueued.
+    async fn settle(
+        &mut self,
+        flight: Flight<B::Acks>,
+        prior: &Unfinished,
+        previous_record: Option<Duration>,
+    ) -> Settled {
+        let Flight {
+            rows,
+            acks,
+            fence,
+            claimed_at,
+            claim_took,
+            enqueued_at,
+            enqueue_took,
+            span,
+            ..
+        } = flight;
+        let outcomes = acks.await;
+        let acknowledged_ms = enqueued_at.elapsed().as_secs_f64() * 1e3;
+        let claimed = rows.len();
         let current = Unrecorded::new(
             rows,
             outcomes,
             claimed_at,
             fence,
-            tracing::Span::current(),
+            prior,
+            span,
             |row, failure| self.failed_row(row, failure),
         );
-        let fatal = self.broker.fatal_error();
-        let broker_unreachable = current.broker_unreachable();
-        let delivered = current.delivered();
-        let reordered = current.reordered();
         let (retried, dead, uncounted) = current.failure_counts();
-        held_back.extend(current.unfinished());
-        self.unrecorded = Some(current);
-        // Awaited even when it is not used, so no claim outlives its batch.
-        let next = match claiming {
-            Some(claiming) => Some(claiming.await),
-            None => None,
-        };
-        if broker_unreachable || fatal.is_some() || self.stopping() {
-            self.flush_unrecorded().await;
-        }
-        if let Some(fatal) = &fatal {
-            self.rebuild_producer(fatal);
-        }
-        let previous_record_ms = match previous_recorded {
-            Ok(recorded) => recorded.map(|(took, recorded)| {
-                self.refused_marks(recorded);
-                took.as_secs_f64() * 1e3
-            }),
-            Err(error) => {
-                // Rows claimed ahead were claimed beside rows now left
-                // pending: the next round claims afresh.
-                self.prefetched = None;
-                return Err(error);
-            }
-        };
-        let next_claim_ms = match next {
-            _ if broker_unreachable || fatal.is_some() => None,
-            Some(Ok(Ok(prefetched))) => {
-                let ms = prefetched.claim_ms();
-                self.prefetched = Some(prefetched);
-                Some(ms)
-            }
-            Some(Ok(Err(error))) => {
-                // The next round claims afresh and reports a lasting error.
-                tracing::debug!(%error, "outbox relay could not claim ahead");
-                None
-            }
-            Some(Err(error)) => {
-                tracing::debug!(%error, "outbox relay's claim ahead ended abnormally");
-                None
-            }
-            None => None,
-        };
-        // What is claimed ahead was claimed before this round's outcome was
-        // known.
-        if let Some(prefetched) = self.prefetched.as_mut() {
-            prefetched.hold_back(&held_back);
-        }
         tracing::debug!(
             claimed,
-            delivered,
+            delivered = current.delivered(),
             retried,
             dead,
             uncounted,
-            reordered,
+            reordered = current.reordered(),
             claim_ms = claim_took.as_secs_f64() * 1e3,
-            produce_ms = produce_took.as_secs_f64() * 1e3,
-            next_claim_ms,
-            previous_record_ms,
+            enqueue_ms = enqueue_took.as_secs_f64() * 1e3,
+            acknowledged_ms,
+            previous_record_ms = previous_record.map(|took| took.as_secs_f64() * 1e3),
             "outbox batch produced"
         );
-        Ok(BatchResult {
-            claimed,
-            broker_unreachable: broker_unreachable || fatal.is_some(),
+        let settled = Settled {
+            unfinished: current.unfinished().clone(),
+            broker_unreachable: current.broker_unreachable(),
+        };
+        // Written already, except in a drain after a failed write.
+        self.flush_unrecorded().await;
+        self.unrecorded = Some(current);
+        settled
+    }
+
+    /// Settles whatever is in flight and writes every outcome, so nothing is
+    /// in flight or unwritten: before lease maintenance, after a failure,
+    /// and at shutdown. `prior`: aggregates that did not get through the
+    /// batch settled last. What was claimed ahead is dropped.
+    async fn drain(&mut self, prior: Unfinished) {
+        self.prefetched = None;
+        self.flush_unrecorded().await;
+        if let Some(flight) = self.in_flight.take() {
+            let span = flight.span.clone();
+            self.settle(flight, &prior, None).instrument(span).await;
+            self.flush_unrecorded().await;
+        }
+    }
+
+    /// Claims the batch after the ones in flight (and `settling`, the batch
+    /// being settled) in a task of its own: decoding a claimed batch is CPU
+    /// work that would otherwise hold up this task while it settles.
+    fn claim_ahead(&self, settling: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+        let claimer = self.claimer.clone();
+        let fence = self.leases.fence();
+        let in_flight = self.rows_not_recorded(settling);
+        let floor = self.claim_floor();
+        tokio::spawn(async move {
+            let batch = claimer.claim_ahead(&fence, &in_flight, floor).await?;
+            Ok(Prefetched::new(batch))
         })
     }
 
@@ -534,7 +682,7 @@ impl<B: Broker> Worker<B> {
         self.prefetched = None;
     }
 
-    /// Writes the outcome of the batch produced last, if it is not written
+    /// Writes the outcome of the batch settled last, if it is not written
     /// yet. A write that fails for good leaves its rows `pending`: they are
     /// delivered again (duplicates, never loss); `record` logged why.
     async fn flush_unrecorded(&mut self) {
@@ -544,6 +692,9 @@ impl<B: Broker> Worker<B> {
                 Err(_) => {
                     self.counters.error();
                     self.metric_error(ErrorKind::Database);
+                    if let Some(floor) = self.floor.as_mut() {
+                        floor.reset();
+                    }
                 }
             }
         }

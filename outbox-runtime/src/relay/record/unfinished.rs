@@ -21,11 +21,6 @@ impl Unfinished {
         ));
     }
 
-    /// Adds every aggregate of `other`.
-    pub(crate) fn extend(&mut self, other: &Unfinished) {
-        self.0.extend(other.0.iter().cloned());
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -53,9 +48,5 @@ mod tests {
         assert!(unfinished.holds(&row(2, "essay", "a")));
         assert!(!unfinished.holds(&row(3, "file_upload", "a")));
         assert!(!unfinished.holds(&row(4, "essay", "b")));
-        let mut more = Unfinished::default();
-        more.insert(&row(5, "essay", "b"));
-        unfinished.extend(&more);
-        assert!(unfinished.holds(&row(6, "essay", "b")));
     }
 }

@@ -63,19 +63,22 @@ pub(crate) struct Unrecorded {
 
 impl Unrecorded {
     /// Classifies `outcomes` (one per row, in order); `fail` turns a failure
-    /// into what to write for its row.
+    /// into what to write for its row. `prior`: aggregates that did not get
+    /// through a batch produced before this one whose outcome was not known
+    /// when this one was enqueued; their rows here are not marked either.
     pub(crate) fn new(
         rows: Vec<ClaimedRow>,
         outcomes: Vec<RowOutcome>,
         claimed_at: Instant,
         fence: Fence,
+        prior: &Unfinished,
         span: tracing::Span,
         mut fail: impl FnMut(&ClaimedRow, Failure) -> FailedRow,
     ) -> Self {
         let acknowledged_after = claimed_at.elapsed().as_secs_f64();
         let mut delivered = Vec::with_capacity(rows.len());
         let (mut failed_at, mut failed) = (Vec::new(), Vec::new());
-        let mut unfinished = Unfinished::default();
+        let mut unfinished = prior.clone();
         let (mut uncounted, mut reordered) = (0, 0);
         for (index, (row, outcome)) in rows.iter().zip(outcomes).enumerate() {
             match outcome {
@@ -265,6 +268,7 @@ mod tests {
             outcomes,
             Instant::now(),
             fence(),
+            &Unfinished::default(),
             tracing::Span::none(),
             fail,
         );
@@ -286,6 +290,7 @@ mod tests {
             vec![timeout(), timeout()],
             Instant::now(),
             fence(),
+            &Unfinished::default(),
             tracing::Span::none(),
             fail,
         );
@@ -296,6 +301,7 @@ mod tests {
             vec![timeout(), RowOutcome::Delivered],
             Instant::now(),
             fence(),
+            &Unfinished::default(),
             tracing::Span::none(),
             fail,
         );
@@ -305,6 +311,24 @@ mod tests {
             (0, 0, 1),
             "not counted next to a success either"
         );
+    }
+
+    #[test]
+    fn rows_of_an_aggregate_unfinished_in_an_earlier_batch_are_not_marked() {
+        let mut prior = Unfinished::default();
+        prior.insert(&row(1, "essay", "a"));
+        let batch = Unrecorded::new(
+            vec![row(5, "essay", "a"), row(6, "essay", "b")],
+            vec![RowOutcome::Delivered, RowOutcome::Delivered],
+            Instant::now(),
+            fence(),
+            &prior,
+            tracing::Span::none(),
+            fail,
+        );
+        assert_eq!(batch.delivered_seqs(), [6]);
+        assert_eq!(batch.reordered(), 1, "5 got through after a failure of a");
+        assert!(batch.unfinished().holds(&row(9, "essay", "a")));
     }
 
     #[test]
@@ -326,6 +350,7 @@ mod tests {
             outcomes,
             Instant::now(),
             fence(),
+            &Unfinished::default(),
             tracing::Span::none(),
             fail,
         );
