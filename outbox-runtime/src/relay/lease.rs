@@ -16,7 +16,12 @@
 //! a process stopped mid-batch) can neither claim nor mark rows of a shard
 //! another instance took meanwhile. A claim also requires the lease to stay
 //! valid for the batch's whole produce, by the database's clock when the
-//! statement runs, not when it was sent.
+//! statement runs, not when it was sent. (The lease rows themselves are read
+//! in the statement's snapshot, which a `COPY` takes before it waits for
+//! locks; a lease changes hands only once it has expired, which the clock
+//! check sees. A lease row edited by hand while a claim waits is not seen.)
+//! A mark that began just before another instance took the lease may still
+//! commit; its rows were delivered, and the new owner only finds them gone.
 
 use crate::identifier::Names;
 use sqlx::PgPool;

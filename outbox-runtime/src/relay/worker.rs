@@ -548,7 +548,11 @@ impl<B: Broker> Worker<B> {
         let fatal = self.broker.fatal_error();
         if settled.unfinished.is_empty() && fatal.is_none() {
             match next {
-                Some(Ok(Ok(prefetched))) => self.prefetched = Some(prefetched),
+                // Not kept past a lease this round found lapsed.
+                Some(Ok(Ok(prefetched))) if self.leases.usable() => {
+                    self.prefetched = Some(prefetched)
+                }
+                Some(Ok(Ok(_))) => {}
                 Some(Ok(Err(error))) => {
                     // The next round claims afresh and reports a lasting error.
                     tracing::debug!(%error, "outbox relay could not claim ahead");

@@ -13,7 +13,7 @@ use crate::relay::lease::Fence;
 use crate::relay::seq_runs;
 use futures::TryStreamExt;
 use sqlx::postgres::types::PgInterval;
-use sqlx::postgres::{PgPoolCopyExt, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -508,16 +508,26 @@ impl Claimer {
             in_flight,
             floor,
         );
-        // The data arrives in many CopyData messages; they are joined once,
-        // at their exact total size, instead of growing a buffer through
-        // repeated reallocation.
-        let chunks: Vec<_> = self
-            .pool
-            .copy_out_raw(&statement)
-            .await?
-            .try_collect()
-            .await?;
-        let data = chunks.concat();
+        // A `COPY` that fails before its data (a statement timeout while it
+        // waits for a lock) leaves a reply unread on its connection (sqlx
+        // 0.8's `pg_begin_copy_out`): such a connection is closed, never
+        // handed back to the pool out of step with the server.
+        let mut conn = self.pool.acquire().await?;
+        let copied = async {
+            // The data arrives in many CopyData messages; they are joined
+            // once, at their exact total size, instead of growing a buffer
+            // through repeated reallocation.
+            let chunks: Vec<_> = conn.copy_out_raw(&statement).await?.try_collect().await?;
+            Ok::<_, sqlx::Error>(chunks.concat())
+        }
+        .await;
+        let data = match copied {
+            Ok(data) => data,
+            Err(error) => {
+                conn.close_on_drop();
+                return Err(error);
+            }
+        };
         let rows = decode_all(&data).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         Ok(Claimed {
             rows,

@@ -1,0 +1,1314 @@
+//! Lease fencing against a real PostgreSQL and a Kafka-protocol broker
+//! (librdkafka's in-process mock cluster): a relay instance that stalls past
+//! its shard leases while another instance takes its shards neither claims
+//! nor marks rows of those shards afterwards, and nothing is lost, reordered
+//! or duplicated beyond the documented bound.
+//!
+//! Three stalls:
+//!
+//! - relay A's claims and marks wait behind `LOCK TABLE event_outbox` while
+//!   the lock is held, in real time, until A's leases have lapsed and relay B
+//!   took them (the relay's `statement_timeout` of a third of the TTL ends
+//!   each wait, so A backs off until its leases lapse);
+//! - relay A's mark waits behind `LOCK TABLE event_outbox IN SHARE MODE`
+//!   while its leases are taken by B: the database's view of A's lease is
+//!   aged (as if that wait had outlasted the TTL), so A's own clock still
+//!   says its lease holds and only the database-side fence can refuse the
+//!   mark;
+//! - relay A, a process of its own, is stopped with SIGSTOP mid-backlog,
+//!   stays stopped until B owns every shard, and is continued.
+//!
+//! Each scenario checks, from a consumer of the topic:
+//!
+//! - every committed event arrives;
+//! - the first copies of each aggregate's events arrive in order (numbered
+//!   per aggregate in the payload; another copy of an event already read is
+//!   a duplicate, not a reordering);
+//! - duplicates stay within two batches each time an instance lost its
+//!   shards (its batch produced but not yet marked, and the one produced
+//!   meanwhile), the losses counted from the lease history;
+//!
+//! from audit triggers installed in the test's database, that no relay
+//! instance updated or deleted an outbox row of a shard whose lease another
+//! instance held at the time (see [`stale_marks`]; a control row deleted
+//! under a relay's connection name afterwards must be counted); and, from
+//! the relays' logs, that none of their connections fell out of step with
+//! the server (see [`check_sync`]). Each scenario prints one `scenario=…`
+//! tally line (also appended to `OUTBOX_TALLY_FILE` when set).
+
+mod fixtures;
+mod support;
+
+use chrono::{DateTime, Utc};
+use outbox::{Outbox, OutboxEvent, Relay, RelayConfig, RelayHandle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::Received;
+use uuid::Uuid;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox_event(topic = "lease-fencing.essay-marked.v1", aggregate = "essay")]
+struct EssayMarkedV1 {
+    #[outbox_event(aggregate_id)]
+    essay_id: String,
+    seq: i64,
+}
+
+const AGGREGATES: usize = 40;
+const PARTITIONS: i32 = 4;
+/// A mark by an instance whose lease was taken less than this long before
+/// its row trigger fired is not counted as stale: the fence is read from the
+/// statement's snapshot, so a mark whose statement started just before the
+/// takeover committed may finish just after it (its rows were delivered by
+/// that instance, which still held the lease when the statement began).
+const TAKEOVER_GRACE: Duration = Duration::from_millis(250);
+const DELIVERED_WITHIN: Duration = Duration::from_secs(120);
+const QUIET: Duration = Duration::from_secs(2);
+
+/// The scenarios share the machine's two cores and their timing matters:
+/// they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Everything the in-process relays logged during the current scenario.
+static LOG: Mutex<String> = Mutex::new(String::new());
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        LOG.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push_str(&text);
+        eprint!("{text}");
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Logging for the in-process relays, captured in [`LOG`] (RUST_LOG,
+/// default info).
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_ansi(false)
+        .with_writer(|| CaptureWriter)
+        .try_init();
+    LOG.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clear();
+}
+
+fn captured_log() -> String {
+    LOG.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// Log lines containing `what` and, when given, `instance`.
+fn log_lines(log: &str, what: &str, instance: Option<Uuid>) -> usize {
+    let instance = instance.map(|id| id.to_string());
+    log.lines()
+        .filter(|line| line.contains(what))
+        .filter(|line| instance.as_deref().map_or(true, |id| line.contains(id)))
+        .count()
+}
+
+/// What a relay logs when it notices it lost shards, as `(label, text)`.
+const NOTICES: [(&str, &str); 4] = [
+    ("marks_refused", "marks were refused"),
+    ("leases_ran_short", "leases ran short"),
+    ("lease_lapsed", "lease lapsed"),
+    ("gave_up_marking", "gave up marking"),
+];
+
+/// The warnings and errors of `log`, without librdkafka's configuration
+/// warnings and sqlx's slow-statement warnings, at most `limit`.
+fn notable(log: &str, limit: usize) -> String {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .filter(|l| !l.contains("CONFWARN") && !l.contains("slow statement"))
+        .take(limit)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What sqlx logs or returns when a connection's replies no longer line up
+/// with its requests (a reply left unread on a pooled connection).
+const DESYNC: [&str; 3] = [
+    "Postgres protocol error",
+    "unexpected connection status",
+    "there is already a transaction in progress",
+];
+
+/// A relay connection out of step with its server is a defect in itself,
+/// whatever the fence then catches: its next statements fail, or run inside
+/// a transaction the relay does not know it opened (renewals and marks left
+/// uncommitted, row locks held), so the relay loses its shards again and
+/// delivers whole batches again.
+fn check_sync(log: &str, problems: &mut Vec<String>) -> usize {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| DESYNC.iter().any(|what| line.contains(what)))
+        .collect();
+    if !lines.is_empty() {
+        problems.push(format!(
+            "relay connections lost protocol synchronization ({} log lines), e.g.\n  {}",
+            lines.len(),
+            lines[..lines.len().min(3)].join("\n  ")
+        ));
+    }
+    lines.len()
+}
+
+fn notices(log: &str, instance: Option<Uuid>) -> String {
+    NOTICES
+        .iter()
+        .map(|(label, text)| format!("{label}={}", log_lines(log, text, instance)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Audit tables and triggers: every UPDATE or DELETE of an outbox row with
+/// the `application_name` of the connection that made it (a relay's is
+/// `outbox-relay/<instance id>`), and every change of a lease's owner or
+/// epoch; times by the database's `clock_timestamp()`.
+const AUDIT: &str = r#"
+CREATE TABLE fence_audit_mark (
+    id    bigserial   PRIMARY KEY,
+    seq   bigint      NOT NULL,
+    shard smallint    NOT NULL,
+    op    text        NOT NULL,
+    app   text        NOT NULL,
+    at    timestamptz NOT NULL
+);
+CREATE FUNCTION fence_audit_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fence_audit_mark (seq, shard, op, app, at)
+    VALUES (OLD.seq, OLD.shard, TG_OP, current_setting('application_name'), clock_timestamp());
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER fence_audit_mark AFTER UPDATE OR DELETE ON event_outbox
+    FOR EACH ROW EXECUTE FUNCTION fence_audit_mark();
+
+CREATE TABLE fence_audit_lease (
+    id          bigserial   PRIMARY KEY,
+    shard       smallint    NOT NULL,
+    old_owner   uuid,
+    new_owner   uuid,
+    old_epoch   bigint      NOT NULL,
+    new_epoch   bigint      NOT NULL,
+    old_expires timestamptz NOT NULL,
+    at          timestamptz NOT NULL,
+    xid         bigint      NOT NULL
+);
+CREATE INDEX fence_audit_lease_shard_at ON fence_audit_lease (shard, at);
+CREATE FUNCTION fence_audit_lease() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fence_audit_lease (shard, old_owner, new_owner, old_epoch, new_epoch, old_expires, at, xid)
+    VALUES (NEW.shard, OLD.owner, NEW.owner, OLD.epoch, NEW.epoch, OLD.expires_at, clock_timestamp(),
+            txid_current());
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER fence_audit_lease AFTER UPDATE ON event_outbox_lease
+    FOR EACH ROW
+    WHEN (OLD.owner IS DISTINCT FROM NEW.owner OR OLD.epoch IS DISTINCT FROM NEW.epoch)
+    EXECUTE FUNCTION fence_audit_lease();
+"#;
+
+/// A mark (UPDATE or DELETE of an outbox row) by a relay instance on a row
+/// whose shard's lease another instance (or none) held.
+#[derive(sqlx::FromRow)]
+struct StaleMark {
+    seq: i64,
+    shard: i16,
+    op: String,
+    marker: Uuid,
+    owner_then: Option<Uuid>,
+    at: String,
+}
+
+impl std::fmt::Display for StaleMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of seq {} (shard {}) by {} at {}, lease then held by {:?}",
+            self.op, self.seq, self.shard, self.marker, self.at, self.owner_then
+        )
+    }
+}
+
+/// The relays' stale marks: marks whose shard's lease, by the lease audit,
+/// belonged to another instance (or to none) both when the mark's row
+/// trigger fired and [`TAKEOVER_GRACE`] before. A lease only leaves its
+/// owner by the owner's own release (between batches, after its marks are
+/// written) or by another instance taking it after it expired, so such a
+/// mark is one the fence should have refused.
+async fn stale_marks(pool: &PgPool) -> Vec<StaleMark> {
+    sqlx::query_as(
+        "SELECT m.seq, m.shard, m.op, m.marker, m.owner_then, m.at::text AS at FROM (
+             SELECT a.seq, a.shard, a.op, a.at,
+                    substr(a.app, 14)::uuid AS marker,
+                    (SELECT l.new_owner FROM fence_audit_lease l
+                      WHERE l.shard = a.shard AND l.at <= a.at
+                      ORDER BY l.at DESC, l.id DESC LIMIT 1) AS owner_then,
+                    (SELECT l.new_owner FROM fence_audit_lease l
+                      WHERE l.shard = a.shard AND l.at <= a.at - make_interval(secs => $1)
+                      ORDER BY l.at DESC, l.id DESC LIMIT 1) AS owner_before
+             FROM fence_audit_mark a
+             WHERE a.app ~ '^outbox-relay/[0-9a-f-]{36}$'
+         ) m
+         WHERE m.owner_then IS DISTINCT FROM m.marker
+           AND m.owner_before IS DISTINCT FROM m.marker
+         ORDER BY m.at",
+    )
+    .bind(TAKEOVER_GRACE.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Marks per `application_name`, e.g. `outbox-relay/<id>=1234`.
+async fn marks_by_app(pool: &PgPool) -> String {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT app, count(*) FROM fence_audit_mark GROUP BY app ORDER BY app")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.iter()
+        .map(|(app, n)| format!("{app}={n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Leases `to` took from `from` after they expired (not after `from` gave
+/// them back): how many, and when the first was taken.
+async fn takeovers(pool: &PgPool, from: Uuid, to: Uuid) -> (i64, Option<DateTime<Utc>>) {
+    sqlx::query_as(
+        "SELECT count(*), min(at) FROM fence_audit_lease WHERE old_owner = $1 AND new_owner = $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Times an instance lost shards to another: the transactions that took
+/// leases from another owner (at least 1, for the bound on duplicates).
+async fn loss_events(pool: &PgPool) -> usize {
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xid) FROM fence_audit_lease
+         WHERE old_owner IS NOT NULL AND new_owner IS NOT NULL AND old_owner <> new_owner",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    usize::try_from(events).unwrap_or(0).max(1)
+}
+
+/// Marks by `marker` after `since`.
+async fn marks_after(pool: &PgPool, marker: Uuid, since: DateTime<Utc>) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM fence_audit_mark WHERE app = $1 AND at > $2")
+        .bind(application_name(marker))
+        .bind(since)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Shards whose lease `owner` holds now, by the database's clock.
+async fn valid_leases(pool: &PgPool, owner: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM event_outbox_lease WHERE owner = $1 AND expires_at > now()",
+    )
+    .bind(owner)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn db_now(pool: &PgPool) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn application_name(instance: Uuid) -> String {
+    format!("outbox-relay/{instance}")
+}
+
+/// Polls `check` every 50 ms until it holds, at most `timeout`.
+async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A consumer reading every partition of one topic from the beginning, with
+/// no consumer group.
+struct Reader {
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(bootstrap: &str, topic: &str) -> Reader {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("reader-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "100")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let sink = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        let received = received_from(&m);
+                        sink.lock().unwrap().push(received);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reader consumer error; continuing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Reader { received, task }
+    }
+
+    fn snapshot(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    async fn wait_for_count(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let done = self.count() >= n;
+            async move { done }
+        })
+        .await
+    }
+
+    /// Waits until every id of `committed` arrived, at most `timeout`.
+    async fn wait_for_all(&self, committed: &[String], timeout: Duration) -> bool {
+        let expected: HashSet<&str> = committed.iter().map(String::as_str).collect();
+        wait_until(timeout, || {
+            let all = self.snapshot();
+            let seen: HashSet<&str> = all.iter().filter_map(event_id).collect();
+            let done = expected.iter().all(|id| seen.contains(id));
+            async move { done }
+        })
+        .await
+    }
+
+    /// Waits until nothing new arrived for [`QUIET`], at most `at_most`;
+    /// what arrived, and whether it went quiet.
+    async fn settle(&self, at_most: Duration) -> (Vec<Received>, bool) {
+        let deadline = Instant::now() + at_most;
+        let mut last = self.count();
+        let mut since = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.count();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= QUIET {
+                return (self.snapshot(), true);
+            }
+            if Instant::now() >= deadline {
+                return (self.snapshot(), false);
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn received_from(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+    let mut headers = BTreeMap::new();
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            let value = header
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            headers.insert(header.key.to_owned(), value);
+        }
+    }
+    Received {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        payload: m
+            .payload()
+            .and_then(|p| serde_json::from_slice(p).ok())
+            .unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn event_id(m: &Received) -> Option<&str> {
+    m.headers.get("event_id").map(String::as_str)
+}
+
+/// A scenario's database (migrated, with the audit triggers), mock broker
+/// with the topic, consumer and outbox handle.
+struct Setup {
+    db: support::TestDatabase,
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    bootstrap: String,
+    prefix: String,
+    reader: Reader,
+    outbox: Outbox,
+}
+
+impl Setup {
+    async fn new(label: &str) -> Setup {
+        init_logs();
+        let prefix = support::unique(&format!("fence-{label}"));
+        let topics = fixtures::prefixed_topics(&prefix);
+        assert_eq!(topics.len(), 1, "one event type, one topic: {topics:?}");
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster
+            .create_topic(&topics[0], PARTITIONS, 1)
+            .expect("mock topic");
+        let bootstrap = cluster.bootstrap_servers();
+        let db = support::TestDatabase::create(&format!("fence_{label}")).await;
+        outbox::migrate(&db.pool).await.unwrap();
+        sqlx::raw_sql(AUDIT).execute(&db.pool).await.unwrap();
+        let reader = Reader::start(&bootstrap, &topics[0]);
+        let outbox = Outbox::new(db.pool.clone(), "svc");
+        Setup {
+            db,
+            cluster,
+            bootstrap,
+            prefix,
+            reader,
+            outbox,
+        }
+    }
+
+    /// Relay settings: batches of `batch_size`, leases of `ttl`, a message
+    /// timeout of 2 s.
+    fn config(&self, batch_size: usize, ttl: Duration) -> RelayConfig {
+        let mut config = fixtures::relay_config(&self.prefix);
+        config.batch_size = batch_size;
+        config.lease_ttl = ttl;
+        config.message_timeout = Duration::from_secs(2);
+        config
+    }
+
+    /// An in-process relay, not started yet. One produce request in flight
+    /// per connection: the mock broker checks idempotent sequence numbers
+    /// only for transactional producers (see `tests/producer_faults.rs`).
+    async fn relay(&self, config: RelayConfig) -> Relay {
+        let mut kafka = fixtures::kafka(&self.bootstrap);
+        kafka.set("max.in.flight.requests.per.connection", "1");
+        Relay::new(self.db.pool.clone(), kafka, config)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the consumer, drops the database and the broker.
+    async fn tear_down(self) {
+        self.reader.stop().await;
+        self.db.drop_db().await;
+        drop(self.cluster);
+    }
+}
+
+/// Commits events `seqs` of every aggregate, `per_tx` sequence numbers of
+/// every aggregate per transaction, one transaction every `every` (none:
+/// back to back); the committed event ids.
+async fn publish(
+    outbox: Outbox,
+    seqs: std::ops::Range<i64>,
+    per_tx: i64,
+    every: Option<Duration>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut pace = every.map(tokio::time::interval);
+    let mut first = seqs.start;
+    while first < seqs.end {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
+        let last = (first + per_tx).min(seqs.end);
+        let events: Vec<EssayMarkedV1> = (first..last)
+            .flat_map(|seq| {
+                (0..AGGREGATES).map(move |a| EssayMarkedV1 {
+                    essay_id: format!("essay-{a}"),
+                    seq,
+                })
+            })
+            .collect();
+        let mut tx = outbox.transactional_publish().await.unwrap();
+        let published = tx.publish_all(&events).await.unwrap();
+        tx.commit().await.unwrap();
+        ids.extend(published.iter().map(ToString::to_string));
+        first = last;
+    }
+    ids
+}
+
+/// What a scenario delivered, from the consumer's view, and the stale marks.
+struct Tally {
+    committed: usize,
+    delivered: usize,
+    missing: Vec<String>,
+    duplicates: usize,
+    /// First copies whose sequence number is not above the previous first
+    /// copy's of their aggregate.
+    order_violations: usize,
+    /// The first few: (aggregate, seq, previous seq).
+    order_examples: Vec<(String, i64, i64)>,
+    stale_marks: usize,
+}
+
+impl Tally {
+    fn of(committed: &[String], consumed: &[Received], stale_marks: usize) -> Tally {
+        let seen: HashSet<&str> = consumed.iter().filter_map(event_id).collect();
+        let missing: Vec<String> = committed
+            .iter()
+            .filter(|id| !seen.contains(id.as_str()))
+            .cloned()
+            .collect();
+        let mut first_copies = HashSet::new();
+        let mut latest: HashMap<String, i64> = HashMap::new();
+        let (mut order_violations, mut order_examples) = (0, Vec::new());
+        for m in consumed {
+            if !first_copies.insert(event_id(m).unwrap_or_default()) {
+                continue;
+            }
+            let aggregate = m.key.clone().unwrap_or_default();
+            let seq = m.payload["data"]["seq"].as_i64().unwrap_or(-1);
+            if let Some(&previous) = latest.get(&aggregate) {
+                if seq <= previous {
+                    order_violations += 1;
+                    if order_examples.len() < 5 {
+                        order_examples.push((aggregate.clone(), seq, previous));
+                    }
+                }
+            }
+            latest.insert(aggregate, seq);
+        }
+        Tally {
+            committed: committed.len(),
+            delivered: committed.len() - missing.len(),
+            missing,
+            duplicates: consumed.len() - seen.len(),
+            order_violations,
+            order_examples,
+            stale_marks,
+        }
+    }
+
+    /// Prints the tally line (and appends it to `OUTBOX_TALLY_FILE`).
+    fn report(&self, name: &str, extra: &str) {
+        let line = format!(
+            "scenario=lease_fencing_{name} committed={} delivered={} duplicates={} \
+             order_violations={} stale_marks={} {extra}",
+            self.committed,
+            self.delivered,
+            self.duplicates,
+            self.order_violations,
+            self.stale_marks,
+        );
+        println!("{line}");
+        if let Ok(path) = std::env::var("OUTBOX_TALLY_FILE") {
+            if let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(file, "{line}");
+            }
+        }
+    }
+
+    /// The checks that failed, duplicates allowed up to two batches of
+    /// `batch` per loss of shards.
+    fn problems(&self, batch: usize, losses: usize) -> Vec<String> {
+        let duplicates_at_most = 2 * batch * losses;
+        let mut problems = Vec::new();
+        if !self.missing.is_empty() {
+            problems.push(format!(
+                "{} of {} committed events never arrived (e.g. {:?})",
+                self.missing.len(),
+                self.committed,
+                &self.missing[..self.missing.len().min(3)]
+            ));
+        }
+        if self.order_violations > 0 {
+            problems.push(format!(
+                "{} first copies arrived after a later event of their aggregate, e.g. \
+                 (aggregate, seq, after seq) {:?}",
+                self.order_violations, self.order_examples
+            ));
+        }
+        if self.duplicates > duplicates_at_most {
+            problems.push(format!(
+                "{} duplicates, more than {duplicates_at_most} (two batches of {batch} for each \
+                 of the {losses} times an instance lost shards to another)",
+                self.duplicates
+            ));
+        }
+        problems
+    }
+}
+
+/// Stops an in-process relay, at most 30 s.
+async fn stop_relay(relay: RelayHandle, name: &str, problems: &mut Vec<String>) {
+    match tokio::time::timeout(Duration::from_secs(30), relay.shutdown()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!("relay {name} failed: {e}")),
+        Err(_) => problems.push(format!("relay {name} did not stop within 30 s")),
+    }
+}
+
+/// The audit's verdict, once the relays are stopped: the stale marks as
+/// problems, and their count. Then a control: a row deleted over a
+/// connection named as `instance`'s relay connections are, while `instance`
+/// holds no lease, must be counted as one more stale mark (it is what a mark
+/// let through by a missing fence would look like).
+async fn check_marks(s: &Setup, instance: Uuid, problems: &mut Vec<String>) -> usize {
+    let pool = &s.db.pool;
+    let stale = stale_marks(pool).await;
+    // Past the grace after the relays gave their leases back on shutdown.
+    tokio::time::sleep(TAKEOVER_GRACE * 2).await;
+    let event = EssayMarkedV1 {
+        essay_id: "audit-control".into(),
+        seq: 0,
+    };
+    let mut tx = s.outbox.transactional_publish().await.unwrap();
+    let control = tx.publish_all([&event]).await.unwrap();
+    tx.commit().await.unwrap();
+    let options = PgConnectOptions::from_str(&s.db.url)
+        .unwrap()
+        .application_name(&application_name(instance));
+    let mut conn = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("DELETE FROM event_outbox WHERE id = $1")
+        .bind(control[0])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let with_control = stale_marks(pool).await.len();
+    if with_control != stale.len() + 1 {
+        problems.push(format!(
+            "the audit counted {} stale marks after a control DELETE as {instance}, expected {}",
+            with_control,
+            stale.len() + 1
+        ));
+    }
+    if !stale.is_empty() {
+        let examples: Vec<String> = stale.iter().take(5).map(ToString::to_string).collect();
+        problems.push(format!(
+            "{} marks by an instance on rows of shards another instance held, e.g.\n  {}",
+            stale.len(),
+            examples.join("\n  ")
+        ));
+    }
+    stale.len()
+}
+
+/// Scenario 1: relay A drains a backlog when `LOCK TABLE event_outbox IN
+/// ACCESS EXCLUSIVE MODE` is taken from another connection and held until
+/// A's leases have lapsed and relay B, started meanwhile, took them. A's
+/// claims and marks wait on the lock until its `statement_timeout` cancels
+/// them; A backs off, longer after each failure, until it no longer renews
+/// its leases in time. B takes them over by expiry while the table is still
+/// locked. The lock is then released and both relays run until everything
+/// is delivered. Among the cancelled statements is A's claim ahead (a
+/// `COPY`): its connection must come back usable (see [`check_sync`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_blocked_behind_a_table_lock_past_its_lease_ttl_loses_its_shards_cleanly() {
+    const BATCH: usize = 20;
+    const PER_AGGREGATE: i64 = 150;
+    const TTL: Duration = Duration::from_secs(6);
+    const LOCK_AFTER: usize = 400;
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new("lock").await;
+    let mut problems = Vec::new();
+
+    let committed = publish(s.outbox.clone(), 0..PER_AGGREGATE, 2, None).await;
+    let a = s.relay(s.config(BATCH, TTL)).await;
+    let b = s.relay(s.config(BATCH, TTL)).await;
+    let (a_id, b_id) = (a.instance_id(), b.instance_id());
+    let a = a.spawn();
+
+    if !s
+        .reader
+        .wait_for_count(LOCK_AFTER, Duration::from_secs(60))
+        .await
+    {
+        problems.push(format!(
+            "{LOCK_AFTER} events did not arrive before the lock"
+        ));
+    }
+    let mut lock = s.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE event_outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let locked_at = db_now(&s.db.pool).await;
+    let pending_at_lock: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
+            .fetch_one(&mut *lock)
+            .await
+            .unwrap();
+    if pending_at_lock == 0 {
+        problems.push("the backlog was drained before the lock; raise PER_AGGREGATE".into());
+    }
+    // A renews between its cancelled statements until its back-off outlasts
+    // the lease.
+    let lapsed = wait_until(Duration::from_secs(120), || async {
+        valid_leases(&s.db.pool, a_id).await == 0
+    })
+    .await;
+    if !lapsed {
+        problems.push("A's leases did not lapse within 120 s of the lock".into());
+    }
+    let b = b.spawn();
+    let taken = wait_until(Duration::from_secs(60), || async {
+        takeovers(&s.db.pool, a_id, b_id).await.0 > 0
+    })
+    .await;
+    if !taken {
+        problems.push("B took none of A's expired leases within 60 s".into());
+    }
+    let b_leases_at_release = valid_leases(&s.db.pool, b_id).await;
+    let released_at = db_now(&s.db.pool).await;
+    lock.commit().await.unwrap();
+
+    let committed_arrived = s.reader.wait_for_all(&committed, DELIVERED_WITHIN).await;
+    if !committed_arrived {
+        problems.push(format!(
+            "not every event arrived within {DELIVERED_WITHIN:?} after the lock was released"
+        ));
+    }
+    let (consumed, quiet) = s.reader.settle(Duration::from_secs(30)).await;
+    if !quiet {
+        problems.push("messages kept arriving for 30 s after delivery".into());
+    }
+    stop_relay(b, "B", &mut problems).await;
+    stop_relay(a, "A", &mut problems).await;
+
+    let (taken_over, first_takeover) = takeovers(&s.db.pool, a_id, b_id).await;
+    match first_takeover {
+        Some(at) if at > locked_at && at < released_at => {}
+        other => problems.push(format!(
+            "B did not take A's leases while the table was locked ({locked_at} .. {released_at}): \
+             first takeover {other:?}"
+        )),
+    }
+    let a_marks_after = match first_takeover {
+        Some(at) => marks_after(&s.db.pool, a_id, at).await,
+        None => -1,
+    };
+    let by_app = marks_by_app(&s.db.pool).await;
+    let losses = loss_events(&s.db.pool).await;
+    let stale = check_marks(&s, a_id, &mut problems).await;
+    let log = captured_log();
+    let desync = check_sync(&log, &mut problems);
+    s.tear_down().await;
+
+    let tally = Tally::of(&committed, &consumed, stale);
+    tally.report(
+        "table_lock_past_ttl",
+        &format!(
+            "losses={losses} desync_lines={desync} pending_at_lock={pending_at_lock} lock_held_s={:.1} leases_taken_by_b={taken_over} \
+             b_leases_at_release={b_leases_at_release} a_marks_after_first_takeover={a_marks_after} \
+             a_{} statement_timeouts={}",
+            (released_at - locked_at).num_milliseconds() as f64 / 1e3,
+            notices(&log, Some(a_id)),
+            log_lines(&log, "statement timeout", None),
+        ),
+    );
+    println!(
+        "marks by application_name: {by_app}\nrelay warnings:\n{}",
+        notable(&log, 20)
+    );
+    problems.extend(tally.problems(BATCH, losses));
+    assert!(
+        problems.is_empty(),
+        "table lock past the TTL:\n- {}",
+        problems.join("\n- ")
+    );
+}
+
+/// Whether `instance` has a statement matching `pattern` (a regular
+/// expression on `pg_stat_activity.query`) waiting on a lock.
+async fn waiting(pool: &PgPool, instance: Uuid, pattern: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                        WHERE application_name = $1 AND wait_event_type = 'Lock' AND query ~* $2)",
+    )
+    .bind(application_name(instance))
+    .bind(pattern)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Scenario 1, with the fence alone in the way: relay A drains a backlog
+/// when `LOCK TABLE event_outbox IN SHARE MODE` is taken from another
+/// connection. That lock lets claims through (`SELECT`, `COPY`) and stops
+/// every mark (`DELETE`, `UPDATE`), so A soon has the mark of a delivered
+/// batch waiting on it. While it waits, A's leases and heartbeat are aged in
+/// the database, as if the wait had outlasted the TTL (the relay's
+/// `statement_timeout` ends real waits sooner), and relay B takes every
+/// shard. When the lock is released A's waiting mark runs under the epochs
+/// B replaced, while A's own clock still says its leases hold: only the
+/// fence can refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_shards_are_taken_while_its_mark_waits_on_a_lock_has_it_refused() {
+    const BATCH: usize = 100;
+    const PER_AGGREGATE: i64 = 150;
+    /// 4 s of `statement_timeout`: the lock is released well within it.
+    const TTL: Duration = Duration::from_secs(12);
+    const LOCK_AFTER: usize = 500;
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new("aged").await;
+    let mut problems = Vec::new();
+
+    let committed = publish(s.outbox.clone(), 0..PER_AGGREGATE, 2, None).await;
+    let a = s.relay(s.config(BATCH, TTL)).await;
+    let b = s.relay(s.config(BATCH, TTL)).await;
+    let (a_id, b_id) = (a.instance_id(), b.instance_id());
+    let a = a.spawn();
+    if !s
+        .reader
+        .wait_for_count(LOCK_AFTER, Duration::from_secs(60))
+        .await
+    {
+        problems.push(format!(
+            "{LOCK_AFTER} events did not arrive before the lock"
+        ));
+    }
+
+    let mut lock = s.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE event_outbox IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let pending_at_lock: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
+            .fetch_one(&mut *lock)
+            .await
+            .unwrap();
+    let mark_waits = wait_until(Duration::from_secs(2), || async {
+        waiting(&s.db.pool, a_id, r"^\s*(DELETE|UPDATE)").await
+    })
+    .await;
+    if !mark_waits {
+        problems.push(format!(
+            "A had no mark waiting on the lock within 2 s ({pending_at_lock} rows pending)"
+        ));
+    }
+    sqlx::query(
+        "UPDATE event_outbox_lease SET expires_at = now() - interval '1 second' WHERE owner = $1",
+    )
+    .bind(a_id)
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE event_outbox_relay SET heartbeat_at = now() - make_interval(secs => $2 + 1)
+         WHERE instance_id = $1",
+    )
+    .bind(a_id)
+    .bind(TTL.as_secs_f64())
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    let b = b.spawn();
+    let all_taken = wait_until(Duration::from_secs(5), || async {
+        valid_leases(&s.db.pool, b_id).await == outbox::relay::SHARDS
+    })
+    .await;
+    if !all_taken {
+        problems.push("B did not take every shard within 5 s of A's leases expiring".into());
+    }
+    // A's waiting mark then runs well after the takeover.
+    tokio::time::sleep(TAKEOVER_GRACE * 3).await;
+    let still_waiting = waiting(&s.db.pool, a_id, r"^\s*(DELETE|UPDATE)").await;
+    let released_at = db_now(&s.db.pool).await;
+    lock.commit().await.unwrap();
+    let refused_logged = wait_until(Duration::from_secs(10), || {
+        let done = log_lines(&captured_log(), "marks were refused", Some(a_id)) > 0;
+        async move { done }
+    })
+    .await;
+    if !refused_logged {
+        problems.push("A did not log that its marks were refused".into());
+    }
+
+    if !s.reader.wait_for_all(&committed, DELIVERED_WITHIN).await {
+        problems.push(format!(
+            "not every event arrived within {DELIVERED_WITHIN:?} after the lock was released"
+        ));
+    }
+    let (consumed, quiet) = s.reader.settle(Duration::from_secs(30)).await;
+    if !quiet {
+        problems.push("messages kept arriving for 30 s after delivery".into());
+    }
+    stop_relay(b, "B", &mut problems).await;
+    stop_relay(a, "A", &mut problems).await;
+
+    let (taken_over, first_takeover) = takeovers(&s.db.pool, a_id, b_id).await;
+    if taken_over == 0 {
+        problems.push("B took none of A's leases after they expired".into());
+    }
+    let a_marks_after = match first_takeover {
+        Some(at) => marks_after(&s.db.pool, a_id, at).await,
+        None => -1,
+    };
+    let by_app = marks_by_app(&s.db.pool).await;
+    let losses = loss_events(&s.db.pool).await;
+    let stale = check_marks(&s, a_id, &mut problems).await;
+    let log = captured_log();
+    let desync = check_sync(&log, &mut problems);
+    s.tear_down().await;
+
+    let tally = Tally::of(&committed, &consumed, stale);
+    tally.report(
+        "lease_taken_while_mark_waits",
+        &format!(
+            "losses={losses} desync_lines={desync} pending_at_lock={pending_at_lock} \
+             leases_taken_by_b={taken_over} mark_still_waiting_at_release={still_waiting} \
+             release_after_takeover_ms={} a_marks_after_first_takeover={a_marks_after} a_{}",
+            first_takeover.map_or(-1, |taken| (released_at - taken).num_milliseconds()),
+            notices(&log, Some(a_id)),
+        ),
+    );
+    println!(
+        "marks by application_name: {by_app}\nrelay warnings:\n{}",
+        notable(&log, 20)
+    );
+    problems.extend(tally.problems(BATCH, losses));
+    assert!(
+        problems.is_empty(),
+        "lease taken while a mark waits:\n- {}",
+        problems.join("\n- ")
+    );
+}
+
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let bin = debug.join("examples").join("relay_worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --examples`",
+        bin.display()
+    );
+    bin
+}
+
+/// A relay process (`examples/relay_worker`), its log in a file.
+struct RelayProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl RelayProcess {
+    fn start(db_url: &str, bootstrap: &str, prefix: &str, settings: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}log", support::unique("fence-relay")));
+        let file = std::fs::File::create(&log).expect("relay log file");
+        let mut cmd = Command::new(relay_binary());
+        cmd.env("DATABASE_URL", db_url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("OUTBOX_TOPIC_PREFIX", prefix)
+            .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.25")
+            .env("OUTBOX_ERROR_RETRY_INTERVAL_SECONDS", "0.2")
+            .env("OUTBOX_MAX_RETRY_INTERVAL_SECONDS", "1")
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in settings {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("relay process starts");
+        RelayProcess { child, log }
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {signal} {} failed", self.child.id());
+    }
+
+    /// SIGTERM (a graceful stop), SIGKILL after 30 s; whether it exited by
+    /// itself.
+    async fn stop(&mut self) -> bool {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        strip_ansi(&raw)
+    }
+
+    /// The instance id it logged in "relay process ready".
+    fn instance_id(&self) -> Option<Uuid> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("relay process ready"))?;
+        let at = line.find("instance_id=")? + "instance_id=".len();
+        line.get(at..at + 36)?.parse().ok()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of relay process {} ---\n{}",
+                self.child.id(),
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Scenario 2: relay A, a process of its own, drains a backlog while a
+/// steady stream is committed; it is stopped with SIGSTOP mid-backlog (with
+/// batches produced or in flight), stays stopped past its lease TTL until
+/// relay B (in this process) took every shard, and is continued with
+/// SIGCONT. Its batch in flight, its unwritten outcome and its claim ahead
+/// all date from before the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_of_its_lost_shards()
+{
+    const BATCH: usize = 50;
+    const BACKLOG_PER_AGGREGATE: i64 = 100;
+    const STREAM_PER_AGGREGATE: i64 = 50;
+    const TTL: Duration = Duration::from_secs(6);
+    const STOP_AFTER: usize = 600;
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new("sigstop").await;
+    let mut problems = Vec::new();
+
+    let mut committed = publish(s.outbox.clone(), 0..BACKLOG_PER_AGGREGATE, 2, None).await;
+    let batch = BATCH.to_string();
+    let mut a = RelayProcess::start(
+        &s.db.url,
+        &s.bootstrap,
+        &s.prefix,
+        &[
+            ("OUTBOX_BATCH_SIZE", batch.as_str()),
+            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
+            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
+        ],
+    );
+    let writer = tokio::spawn(publish(
+        s.outbox.clone(),
+        BACKLOG_PER_AGGREGATE..BACKLOG_PER_AGGREGATE + STREAM_PER_AGGREGATE,
+        1,
+        Some(Duration::from_millis(250)),
+    ));
+    let mut a_id = None;
+    let ready = wait_until(Duration::from_secs(60), || {
+        a_id = a.instance_id();
+        let done = a_id.is_some();
+        async move { done }
+    })
+    .await;
+    let a_id = match (ready, a_id) {
+        (true, Some(id)) => id,
+        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
+    };
+    let b = s.relay(s.config(BATCH, TTL)).await;
+    let b_id = b.instance_id();
+
+    if !s
+        .reader
+        .wait_for_count(STOP_AFTER, Duration::from_secs(60))
+        .await
+    {
+        problems.push(format!(
+            "{STOP_AFTER} events did not arrive before the stop"
+        ));
+    }
+    a.signal("-STOP");
+    let stopped_at = db_now(&s.db.pool).await;
+    let pending_at_stop: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    if pending_at_stop == 0 {
+        problems.push("A was stopped after the backlog was drained; raise the backlog".into());
+    }
+    let b = b.spawn();
+    let all_taken = wait_until(TTL + Duration::from_secs(20), || async {
+        valid_leases(&s.db.pool, b_id).await == outbox::relay::SHARDS
+    })
+    .await;
+    if !all_taken {
+        problems.push("B did not take every shard while A was stopped".into());
+    }
+    let consumed_when_b_held_all = s.reader.count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let continued_at = db_now(&s.db.pool).await;
+    a.signal("-CONT");
+
+    committed.extend(writer.await.unwrap());
+    if !s.reader.wait_for_all(&committed, DELIVERED_WITHIN).await {
+        problems.push(format!(
+            "not every event arrived within {DELIVERED_WITHIN:?} after the last commit"
+        ));
+    }
+    let (consumed, quiet) = s.reader.settle(Duration::from_secs(30)).await;
+    if !quiet {
+        problems.push("messages kept arriving for 30 s after delivery".into());
+    }
+    if !a.stop().await {
+        problems.push("relay A did not stop within 30 s of SIGTERM".into());
+    }
+    stop_relay(b, "B", &mut problems).await;
+
+    let (taken_over, first_takeover) = takeovers(&s.db.pool, a_id, b_id).await;
+    match first_takeover {
+        Some(at) if at > stopped_at && at < continued_at => {}
+        other => problems.push(format!(
+            "B did not take A's leases while A was stopped ({stopped_at} .. {continued_at}): \
+             first takeover {other:?}"
+        )),
+    }
+    let a_marks_after = match first_takeover {
+        Some(at) => marks_after(&s.db.pool, a_id, at).await,
+        None => -1,
+    };
+    let a_marks_before_rebalance: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fence_audit_mark
+         WHERE app = $1 AND at > $2
+           AND at < coalesce((SELECT min(at) FROM fence_audit_lease
+                              WHERE new_owner = $3 AND at > $2), 'infinity')",
+    )
+    .bind(application_name(a_id))
+    .bind(continued_at)
+    .bind(a_id)
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    let by_app = marks_by_app(&s.db.pool).await;
+    let losses = loss_events(&s.db.pool).await;
+    let stale = check_marks(&s, a_id, &mut problems).await;
+    let a_log = a.log();
+    let desync = check_sync(&a_log, &mut problems);
+    // Deterministic: A's first lease maintenance after SIGCONT finds the
+    // shards it held taken by B.
+    if log_lines(&a_log, "lease lapsed", None) == 0 {
+        problems.push("A did not log that its lease lapsed and its shards were taken".into());
+    }
+    s.tear_down().await;
+
+    let tally = Tally::of(&committed, &consumed, stale);
+    tally.report(
+        "sigstop_past_ttl",
+        &format!(
+            "losses={losses} desync_lines={desync} pending_at_stop={pending_at_stop} consumed_when_b_held_all={consumed_when_b_held_all} \
+             leases_taken_by_b={taken_over} a_marks_after_first_takeover={a_marks_after} \
+             a_marks_after_cont_before_reacquiring={a_marks_before_rebalance} a_{}",
+            notices(&a_log, None),
+        ),
+    );
+    println!(
+        "marks by application_name: {by_app}\nrelay warnings:\n{}",
+        notable(&a_log, 20)
+    );
+    problems.extend(tally.problems(BATCH, losses));
+    assert!(
+        problems.is_empty(),
+        "SIGSTOP past the TTL:\n- {}\n--- relay A's log ---\n{a_log}",
+        problems.join("\n- ")
+    );
+}
