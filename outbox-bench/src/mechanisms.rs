@@ -30,16 +30,15 @@ struct Variant {
 
 const SHIPPED: Variant = Variant {
     mechanisms: Mechanisms {
-        pipeline: true,
         claim_ahead: true,
-        record_while_claiming: true,
+        record_while_producing: true,
         claim_floor: true,
     },
     linger_ms: None,
 };
 
 /// The mechanisms measured, each with the variant that lacks it.
-fn without() -> [(&'static str, Variant); 5] {
+fn without() -> [(&'static str, Variant); 4] {
     let off = |f: fn(&mut Mechanisms)| {
         let mut mechanisms = SHIPPED.mechanisms;
         f(&mut mechanisms);
@@ -49,11 +48,10 @@ fn without() -> [(&'static str, Variant); 5] {
         }
     };
     [
-        ("pipeline", off(|m| m.pipeline = false)),
         ("claim_ahead", off(|m| m.claim_ahead = false)),
         (
-            "record_while_claiming",
-            off(|m| m.record_while_claiming = false),
+            "record_while_producing",
+            off(|m| m.record_while_producing = false),
         ),
         ("claim_floor", off(|m| m.claim_floor = false)),
         (
@@ -65,6 +63,27 @@ fn without() -> [(&'static str, Variant); 5] {
             },
         ),
     ]
+}
+
+/// The relay's mechanisms for the other scenarios: all on, except those
+/// named in `OUTBOX_BENCH_MECHANISMS_OFF` (comma-separated: `claim_ahead`,
+/// `record_while_producing`, `claim_floor`), to measure a scenario without
+/// one of them.
+pub fn from_env() -> Mechanisms {
+    let mut mechanisms = SHIPPED.mechanisms;
+    let off = std::env::var("OUTBOX_BENCH_MECHANISMS_OFF").unwrap_or_default();
+    for name in off.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "claim_ahead" => mechanisms.claim_ahead = false,
+            "record_while_producing" => mechanisms.record_while_producing = false,
+            "claim_floor" => mechanisms.claim_floor = false,
+            other => eprintln!("OUTBOX_BENCH_MECHANISMS_OFF: unknown mechanism {other:?}, ignored"),
+        }
+    }
+    if !off.is_empty() {
+        println!("mechanisms: {mechanisms:?}");
+    }
+    mechanisms
 }
 
 pub async fn relay_mechanisms(

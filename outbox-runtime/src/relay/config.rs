@@ -1,5 +1,4 @@
-//! Relay settings, with defaults from the original plan and `OUTBOX_*`
-//! environment variables.
+//! Relay settings: defaults, and `OUTBOX_*` environment variables.
 
 use crate::error::ConfigError;
 use crate::identifier::SchemaName;
@@ -100,12 +99,10 @@ pub struct RelayConfig {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mechanisms {
-    /// Enqueue the next batch before the results of the one before are in.
-    pub pipeline: bool,
     /// Claim the batch after a full one while that one is produced.
     pub claim_ahead: bool,
-    /// Write a batch's outcome while the next batch is claimed.
-    pub record_while_claiming: bool,
+    /// Write a batch's outcome while the next batch is produced.
+    pub record_while_producing: bool,
     /// Start claims at the claim floor instead of the pending index's start.
     pub claim_floor: bool,
 }
@@ -113,9 +110,8 @@ pub struct Mechanisms {
 impl Default for Mechanisms {
     fn default() -> Self {
         Self {
-            pipeline: true,
             claim_ahead: true,
-            record_while_claiming: true,
+            record_while_producing: true,
             claim_floor: true,
         }
     }

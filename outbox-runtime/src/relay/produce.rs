@@ -29,7 +29,7 @@ pub(crate) enum RowOutcome {
 ///
 /// `enqueue` must keep the order of `rows` per key, as Kafka does per
 /// partition, and hold back (`RowOutcome::Held`) the rows of an aggregate
-/// in `held` or after one of its rows failed to enqueue. A failure is
+/// after one of its rows failed to enqueue. A failure is
 /// [`Failure::Counted`] only when it is the message's own fault (too large,
 /// invalid, a topic that does not exist or may not be written):
 /// everything the broker or the client does wrong (outages, timeouts,
@@ -44,8 +44,7 @@ pub(crate) trait Broker: Send {
         &'a self,
         topic_prefix: &'a str,
         rows: &'a [ClaimedRow],
-        held: &'a Unfinished,
-    ) -> impl Future<Output = Enqueued<Self::Acks>> + Send + 'a;
+    ) -> impl Future<Output = Self::Acks> + Send + 'a;
 
     /// Why the client cannot produce any more, if it cannot (a fatal error:
     /// every later produce fails until it is rebuilt).
@@ -57,13 +56,6 @@ pub(crate) trait Broker: Send {
 
     /// Waits up to `timeout` for anything still queued.
     fn flush(&self, timeout: Duration) -> impl Future<Output = ()> + Send;
-}
-
-/// An enqueued batch: its results to come, and the aggregates of which a
-/// row could not even be enqueued (a later batch holds their rows back).
-pub(crate) struct Enqueued<A> {
-    pub acks: A,
-    pub failed: Unfinished,
 }
 
 /// The Kafka producer behind [`Broker`].
@@ -91,9 +83,8 @@ impl Broker for KafkaBroker {
         &'a self,
         topic_prefix: &'a str,
         rows: &'a [ClaimedRow],
-        held: &'a Unfinished,
-    ) -> impl Future<Output = Enqueued<KafkaAcks>> + Send + 'a {
-        enqueue_batch(&self.producer, topic_prefix, rows, held)
+    ) -> impl Future<Output = KafkaAcks> + Send + 'a {
+        enqueue_batch(&self.producer, topic_prefix, rows)
     }
 
     fn fatal_error(&self) -> Option<String> {
@@ -215,21 +206,20 @@ enum Pending {
     Done(RowOutcome),
 }
 
-/// Enqueues `rows` in order. Rows of an aggregate in `held`, or that
-/// already failed to enqueue in this batch, are held back, so a retried
-/// event is never overtaken by a later event of its aggregate that was
-/// enqueued after the failure.
+/// Enqueues `rows` in order. Rows of an aggregate that already failed to
+/// enqueue in this batch are held back, so a retried event is never
+/// overtaken by a later event of its aggregate that was enqueued after the
+/// failure.
 async fn enqueue_batch(
     producer: &FutureProducer,
     topic_prefix: &str,
     rows: &[ClaimedRow],
-    held: &Unfinished,
-) -> Enqueued<KafkaAcks> {
+) -> KafkaAcks {
     let mut failed = Unfinished::default();
     let mut topics = Topics::new(topic_prefix);
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
-        if held.holds(row) || failed.holds(row) {
+        if failed.holds(row) {
             pending.push(Pending::Done(RowOutcome::Held));
             continue;
         }
@@ -254,10 +244,7 @@ async fn enqueue_batch(
             }
         }
     }
-    Enqueued {
-        acks: Box::pin(acknowledgements(pending)),
-        failed,
-    }
+    Box::pin(acknowledgements(pending))
 }
 
 /// Awaited in order: acknowledgements arrive in bursts (one per produce

@@ -13,11 +13,10 @@ use crate::relay::bounds::ClaimFloor;
 use crate::relay::claim::prefetch::Prefetched;
 use crate::relay::claim::{shard_mask, Claimed, ClaimedRow, Claimer};
 use crate::relay::config::{DeadEventPolicy, Retention};
-use crate::relay::lease::{Fence, Leases, Maintained};
+use crate::relay::lease::{Leases, Maintained};
 use crate::relay::produce::{Broker, KafkaBroker};
-use crate::relay::record::unfinished::Unfinished;
 use crate::relay::record::unrecorded::Unrecorded;
-use crate::relay::record::{retry_delay, FailedRow, Failure, OutcomeSql, Recorded};
+use crate::relay::record::{failed_row, OutcomeSql, Recorded};
 use crate::relay::stats::RelayCounters;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use sqlx::PgPool;
@@ -47,70 +46,26 @@ pub(crate) struct Worker<B: Broker = KafkaBroker> {
     backoff: ExponentialBackoff,
     wakeups: Wakeups,
     chores: Chores,
-    /// The batch claimed while the one before it was settled.
+    /// The batch claimed while the previous one was produced.
     prefetched: Option<Prefetched>,
-    /// The batch enqueued last, whose results are awaited next round.
-    in_flight: Option<Flight<B::Acks>>,
-    /// The batch settled last, whose outcome is written while the next
-    /// batch is claimed.
+    /// The batch produced last, whose outcome is written while the next
+    /// one is produced.
     unrecorded: Option<Unrecorded>,
     /// Where claims start in the pending index; `None` only while it is
     /// being advanced.
     floor: Option<ClaimFloor>,
 }
 
-/// A batch handed to the broker whose results are not in yet.
-struct Flight<A> {
-    rows: Vec<ClaimedRow>,
-    acks: A,
-    /// Aggregates of which a row could not be enqueued: the next batch
-    /// holds their rows back.
-    failed_to_enqueue: Unfinished,
-    fence: Fence,
-    claimed_at: Instant,
-    claim_took: Duration,
-    enqueued_at: Instant,
-    enqueue_took: Duration,
-    span: tracing::Span,
-}
-
-impl<A> Flight<A> {
-    fn first_seq(&self) -> Option<i64> {
-        self.rows.iter().map(|row| row.seq).min()
-    }
-}
-
-/// What a settled batch leaves for the round.
-struct Settled {
-    /// Aggregates that did not get through.
-    unfinished: Unfinished,
-    broker_unreachable: bool,
-}
-
 struct BatchResult {
-    /// Rows claimed this round.
+    /// Rows claimed and produced this round.
     claimed: usize,
-    /// Batches are in flight or their outcome was just settled: go on
-    /// without waiting for a wake-up.
-    busy: bool,
-    /// A batch's results came in this round.
-    settled: bool,
-    /// Nothing of the settled batch got through for the broker's fault:
-    /// back off.
+    /// Nothing got through for the broker's fault: back off.
     broker_unreachable: bool,
 }
 
 impl BatchResult {
     const IDLE: Self = Self {
         claimed: 0,
-        busy: false,
-        settled: false,
-        broker_unreachable: false,
-    };
-    const BUSY: Self = Self {
-        claimed: 0,
-        busy: true,
-        settled: false,
         broker_unreachable: false,
     };
 }
@@ -182,7 +137,6 @@ impl Worker<KafkaBroker> {
             shutdown,
             backoff: infra_backoff(),
             prefetched: None,
-            in_flight: None,
             unrecorded: None,
         }
     }
@@ -224,12 +178,9 @@ impl<B: Broker> Worker<B> {
                         continue;
                     }
                     Ok(result) => {
-                        // Only a batch that got through shows the broker is back.
-                        if result.settled {
-                            self.backoff = infra_backoff();
-                            self.unreachable_batches = 0;
-                        }
-                        drained = result.claimed == 0 && !result.busy;
+                        self.backoff = infra_backoff();
+                        self.unreachable_batches = 0;
+                        drained = result.claimed == 0;
                     }
                     Err(error) => {
                         self.transient("claiming or recording a batch", &error)
@@ -238,7 +189,7 @@ impl<B: Broker> Worker<B> {
                     }
                 }
             } else {
-                self.drain(Unfinished::default()).await;
+                self.flush_unrecorded().await;
             }
             if !drained {
                 continue;
@@ -259,7 +210,7 @@ impl<B: Broker> Worker<B> {
     /// batch. Shards may move, so no outcome is left unwritten first, and
     /// what was claimed under a lease that did not hold is dropped.
     async fn maintain_leases(&mut self) -> bool {
-        self.drain(Unfinished::default()).await;
+        self.flush_unrecorded().await;
         match self.leases.maintain(&self.pool).await {
             Ok(Maintained::Kept) => true,
             Ok(Maintained::LostShards) => {
@@ -303,8 +254,9 @@ impl<B: Broker> Worker<B> {
     }
 
     async fn finish(&mut self) {
-        // The batch in flight is settled and every outcome written.
-        self.drain(Unfinished::default()).await;
+        // Nothing is in flight here: batches are awaited before the loop
+        // checks for shutdown, and the last outcome is written now.
+        self.flush_unrecorded().await;
         if let Err(error) = self.leases.release_all(&self.pool).await {
             tracing::warn!(%error, "outbox relay could not give its leases back; they expire after the TTL");
         }
@@ -346,11 +298,7 @@ impl<B: Broker> Worker<B> {
     /// pending rows: the claims of a steady trickle of events then skip the
     /// rows delivered since the last vacuum as a backlog's claims do.
     async fn advance_floor_while_idle(&mut self) {
-        if self.unrecorded.is_some()
-            || self.in_flight.is_some()
-            || self.prefetched.is_some()
-            || !self.leases.usable()
-        {
+        if self.unrecorded.is_some() || self.prefetched.is_some() || !self.leases.usable() {
             return;
         }
         let mask = shard_mask(self.leases.owned());
@@ -360,76 +308,27 @@ impl<B: Broker> Worker<B> {
     }
 
     /// One round: take the next batch (claimed ahead last round, or claimed
-    /// now while the outcome settled last round is written), enqueue it,
-    /// then settle the batch enqueued the round before (its results in
-    /// order) while the broker takes this one and, for a full batch, the
-    /// next one is claimed.
+    /// now), enqueue it, and await its results while the outcome of the
+    /// batch before it is written and, for a full batch, the next one is
+    /// claimed.
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
         let fence = self.leases.fence();
         let prefetched = self.prefetched.take().and_then(|p| p.into_batch(&fence));
-        // Outside a drain no outcome waiting to be written holds a failure
-        // (`settle_in_round`), so a claim made meanwhile cannot pass over a
-        // row that must hold its aggregate back.
-        let excluded = self.rows_not_recorded(&[]);
-        let floor = self.claim_floor();
-        let previous = self.unrecorded.take();
-        let first_in_flight = self.in_flight.as_ref().and_then(Flight::first_seq);
-        let mut moving = self.floor.take_if(|floor| floor.due());
-        let mask = shard_mask(&fence.shards);
-        let sequential = !self.config.mechanisms.record_while_claiming;
-        let record = async {
-            let recorded = match previous {
-                Some(previous) => self.record(previous).await.map(Some),
-                None => Ok(None),
-            };
-            if let (Ok(_), Some(floor)) = (&recorded, moving.as_mut()) {
-                move_floor(floor, &self.pool, mask, first_in_flight).await;
-            }
-            recorded
-        };
-        let (claimed, recorded) = match prefetched {
-            Some(batch) => (Ok(batch), record.await),
-            None if sequential => {
-                let recorded = record.await;
-                (self.claimer.claim(&fence, &excluded, floor).await, recorded)
-            }
-            None => tokio::join!(self.claimer.claim(&fence, &excluded, floor), record),
-        };
-        if moving.is_some() {
-            self.floor = moving;
-        }
-        if claimed.as_ref().is_ok_and(|batch| !batch.rows.is_empty()) {
-            // Rows are being delivered: the floor has somewhere to move.
-            if let Some(floor) = self.floor.as_mut() {
-                floor.saw_batch();
-            }
-        }
-        let recorded = match recorded {
-            Ok(recorded) => recorded.map(|(took, recorded)| {
-                self.refused_marks(recorded);
-                took
-            }),
-            Err(error) => {
-                self.drain(Unfinished::default()).await;
-                return Err(error);
-            }
-        };
-        let batch = match claimed {
-            Ok(batch) => batch,
-            Err(error) => {
-                self.drain(Unfinished::default()).await;
-                return Err(error);
+        let batch = match prefetched {
+            Some(batch) => batch,
+            None => {
+                // No outcome waiting to be written holds a failure (`deliver`
+                // writes those at once), so the claim cannot pass over a row
+                // that must hold its aggregate back.
+                let excluded = self.unrecorded_seqs(&[]);
+                self.claimer
+                    .claim(&fence, &excluded, self.claim_floor())
+                    .await?
             }
         };
         if batch.rows.is_empty() {
-            // Nothing new: settle what is in flight; idle once nothing is.
-            return Ok(match self.in_flight.take() {
-                Some(flight) => self.settle_in_round(flight, recorded).await,
-                None => {
-                    self.flush_unrecorded().await;
-                    BatchResult::IDLE
-                }
-            });
+            self.flush_unrecorded().await;
+            return Ok(BatchResult::IDLE);
         }
         // The claim may have waited (behind a lock, or in a paused process)
         // until the leases no longer cover a whole produce: nothing of it is
@@ -439,7 +338,7 @@ impl<B: Broker> Worker<B> {
                 events = batch.rows.len(),
                 "outbox relay's leases ran short while it claimed; the batch is left pending"
             );
-            self.drain(Unfinished::default()).await;
+            self.flush_unrecorded().await;
             return Ok(BatchResult::IDLE);
         }
         let span = tracing::info_span!(
@@ -449,23 +348,7 @@ impl<B: Broker> Worker<B> {
             first_seq = batch.rows.first().map(|r| r.seq),
             last_seq = batch.rows.last().map(|r| r.seq),
         );
-        let claimed = batch.rows.len();
-        let flight = self.enqueue(batch, span).await;
-        let previous_flight = self.in_flight.replace(flight);
-        let mut result = match previous_flight {
-            Some(flight) => self.settle_in_round(flight, recorded).await,
-            None => BatchResult::BUSY,
-        };
-        if !self.config.mechanisms.pipeline {
-            // One batch in flight at a time: settle this one now.
-            if let Some(flight) = self.in_flight.take() {
-                let settled = self.settle_in_round(flight, None).await;
-                result.settled = true;
-                result.broker_unreachable |= settled.broker_unreachable;
-            }
-        }
-        result.claimed = claimed;
-        Ok(result)
+        self.deliver(batch).instrument(span).await
     }
 
     /// Where a claim of the owned shards starts (see `bounds/`).
@@ -476,83 +359,108 @@ impl<B: Broker> Worker<B> {
             .map_or(crate::relay::bounds::NO_FLOOR, |floor| floor.get(mask))
     }
 
-    /// `rows`, the rows in flight and the rows of the batch whose outcome is
-    /// not written yet: all still `pending`, and no claim may return them.
-    fn rows_not_recorded(&self, rows: &[ClaimedRow]) -> Vec<i64> {
-        let in_flight = self.in_flight.iter().flat_map(|f| f.rows.iter());
+    /// `rows` and the rows of the batch whose outcome is not written yet:
+    /// both are still `pending`, and no claim may return them.
+    fn unrecorded_seqs(&self, rows: &[ClaimedRow]) -> Vec<i64> {
         let unrecorded = self.unrecorded.iter().flat_map(|u| u.seqs());
-        rows.iter()
-            .chain(in_flight)
-            .map(|r| r.seq)
-            .chain(unrecorded)
-            .collect()
+        rows.iter().map(|r| r.seq).chain(unrecorded).collect()
     }
 
-    /// Hands `batch` to the broker, holding back the aggregates that failed
-    /// to enqueue in the batch still in flight.
-    async fn enqueue(&self, batch: Claimed, span: tracing::Span) -> Flight<B::Acks> {
+    /// Produces the batch while writing the outcome of the previous one and,
+    /// when this one is full, claiming the next; keeps this batch's outcome
+    /// to write during the next round. A batch that did not all get
+    /// through has its outcome written at once and drops what was claimed
+    /// ahead, so the next claim sees every failure.
+    async fn deliver(&mut self, batch: Claimed) -> Result<BatchResult, sqlx::Error> {
         let Claimed {
             rows,
             started: claimed_at,
             took: claim_took,
             fence,
         } = batch;
-        let no_hold = Unfinished::default();
-        let held = self
-            .in_flight
-            .as_ref()
-            .map_or(&no_hold, |flight| &flight.failed_to_enqueue);
-        let started = Instant::now();
-        let enqueued = self
-            .broker
-            .enqueue(&self.config.topic_prefix, &rows, held)
-            .instrument(span.clone())
-            .await;
-        Flight {
-            rows,
-            acks: enqueued.acks,
-            failed_to_enqueue: enqueued.failed,
-            fence,
-            claimed_at,
-            claim_took,
-            enqueued_at: started,
-            enqueue_took: started.elapsed(),
-            span,
+        let claimed = rows.len();
+        if !self.config.mechanisms.record_while_producing {
+            self.flush_unrecorded().await;
         }
-    }
-
-    /// Settles the batch enqueued last round while the broker takes the
-    /// one just enqueued and, when that one is full, the batch after it is
-    /// claimed. Drains the pipeline when the settled batch did not all get
-    /// through: the batch enqueued since was claimed before that was known.
-    async fn settle_in_round(
-        &mut self,
-        flight: Flight<B::Acks>,
-        previous_record: Option<Duration>,
-    ) -> BatchResult {
-        // The newest batch handed to the broker: full means a backlog.
-        let newest = self.in_flight.as_ref().unwrap_or(&flight);
-        let full = newest.rows.len() >= self.claimer.limit()
+        let started = Instant::now();
+        let acks = self.broker.enqueue(&self.config.topic_prefix, &rows).await;
+        let enqueue_took = started.elapsed();
+        // A full batch means a backlog: claim the next one meanwhile. A
+        // partial batch took everything there was; what commits meanwhile
+        // is better claimed fresh after this batch, in one round, than
+        // split across a claim ahead and the round after it.
+        let full = claimed >= self.claimer.limit()
             && !self.stopping()
             && self.config.mechanisms.claim_ahead;
-        let claiming = full.then(|| self.claim_ahead(&flight.rows));
-        let span = flight.span.clone();
-        let settled = self
-            .settle(flight, &Unfinished::default(), previous_record)
-            .instrument(span)
-            .await;
+        let claiming = full.then(|| self.claim_ahead(&rows));
+        let previous = self.unrecorded.take();
+        if let Some(floor) = self.floor.as_mut() {
+            floor.saw_batch();
+        }
+        // Once the previous outcome is written, the floor moves up to this
+        // batch (the only rows in flight then, besides the claim ahead's,
+        // which are still pending).
+        let mut moving = self.floor.take_if(|floor| floor.due());
+        let mask = shard_mask(&fence.shards);
+        let first_in_flight = rows.iter().map(|row| row.seq).min();
+        let (outcomes, recorded) = tokio::join!(acks, async {
+            let recorded = match previous {
+                Some(previous) => self.record(previous).await.map(Some),
+                None => Ok(None),
+            };
+            if let (Ok(_), Some(floor)) = (&recorded, moving.as_mut()) {
+                move_floor(floor, &self.pool, mask, first_in_flight).await;
+            }
+            recorded
+        });
+        let acknowledged_ms = started.elapsed().as_secs_f64() * 1e3;
+        if moving.is_some() {
+            self.floor = moving;
+        }
+        let config = &self.config;
+        let current = Unrecorded::new(
+            rows,
+            outcomes,
+            claimed_at,
+            fence,
+            tracing::Span::current(),
+            |row, failure| failed_row(config, row, failure),
+        );
+        let (retried, dead, uncounted) = current.failure_counts();
+        let delivered = current.delivered();
+        let reordered = current.reordered();
+        let unfinished = !current.unfinished().is_empty();
+        let broker_unreachable = current.broker_unreachable();
+        self.unrecorded = Some(current);
+        // Awaited even when it is not used, so no claim outlives its batch.
         let next = match claiming {
             Some(claiming) => Some(claiming.await),
             None => None,
         };
+        let previous_record_ms = match recorded {
+            Ok(recorded) => recorded.map(|(took, recorded)| {
+                self.refused_marks(recorded);
+                took.as_secs_f64() * 1e3
+            }),
+            Err(error) => return Err(error),
+        };
         let fatal = self.broker.fatal_error();
-        if settled.unfinished.is_empty() && fatal.is_none() {
+        let mut next_claim_ms = None;
+        if unfinished || fatal.is_some() || self.stopping() {
+            // The next claim must see this batch's failures, and a broken
+            // producer is replaced with nothing in flight.
+            self.flush_unrecorded().await;
+            if let Some(fatal) = &fatal {
+                self.rebuild_producer(fatal);
+            }
+        } else {
             match next {
                 // Not kept past a lease this round found lapsed.
                 Some(Ok(Ok(prefetched))) if self.leases.usable() => {
-                    self.prefetched = Some(prefetched)
+                    next_claim_ms = Some(prefetched.claim_ms());
+                    self.prefetched = Some(prefetched);
                 }
-                Some(Ok(Ok(_))) => {}
+                Some(Ok(Ok(_))) | None => {}
                 Some(Ok(Err(error))) => {
                     // The next round claims afresh and reports a lasting error.
                     tracing::debug!(%error, "outbox relay could not claim ahead");
@@ -560,108 +468,35 @@ impl<B: Broker> Worker<B> {
                 Some(Err(error)) => {
                     tracing::debug!(%error, "outbox relay's claim ahead ended abnormally");
                 }
-                None => {}
             }
-            return BatchResult {
-                claimed: 0,
-                busy: true,
-                settled: true,
-                broker_unreachable: false,
-            };
         }
-        // Something did not get through: settle and write everything, so
-        // the next claim sees every failure; then a broken producer is
-        // replaced with nothing in flight.
-        self.drain(settled.unfinished).await;
-        if let Some(fatal) = &fatal {
-            self.rebuild_producer(fatal);
-        }
-        BatchResult {
-            claimed: 0,
-            busy: true,
-            settled: true,
-            broker_unreachable: settled.broker_unreachable || fatal.is_some(),
-        }
-    }
-
-    /// Waits for `flight`'s results and keeps its outcome to write
-    /// (`unrecorded`, which must be empty). `prior`: aggregates that did not
-    /// get through an earlier batch whose outcome was not known when this
-    /// one was enqueued.
-    async fn settle(
-        &mut self,
-        flight: Flight<B::Acks>,
-        prior: &Unfinished,
-        previous_record: Option<Duration>,
-    ) -> Settled {
-        let Flight {
-            rows,
-            acks,
-            fence,
-            claimed_at,
-            claim_took,
-            enqueued_at,
-            enqueue_took,
-            span,
-            ..
-        } = flight;
-        let outcomes = acks.await;
-        let acknowledged_ms = enqueued_at.elapsed().as_secs_f64() * 1e3;
-        let claimed = rows.len();
-        let current = Unrecorded::new(
-            rows,
-            outcomes,
-            claimed_at,
-            fence,
-            prior,
-            span,
-            |row, failure| self.failed_row(row, failure),
-        );
-        let (retried, dead, uncounted) = current.failure_counts();
         tracing::debug!(
             claimed,
-            delivered = current.delivered(),
+            delivered,
             retried,
             dead,
             uncounted,
-            reordered = current.reordered(),
+            reordered,
             claim_ms = claim_took.as_secs_f64() * 1e3,
             enqueue_ms = enqueue_took.as_secs_f64() * 1e3,
             acknowledged_ms,
-            previous_record_ms = previous_record.map(|took| took.as_secs_f64() * 1e3),
+            next_claim_ms,
+            previous_record_ms,
             "outbox batch produced"
         );
-        let settled = Settled {
-            unfinished: current.unfinished().clone(),
-            broker_unreachable: current.broker_unreachable(),
-        };
-        // Written already, except in a drain after a failed write.
-        self.flush_unrecorded().await;
-        self.unrecorded = Some(current);
-        settled
+        Ok(BatchResult {
+            claimed,
+            broker_unreachable: broker_unreachable || fatal.is_some(),
+        })
     }
 
-    /// Settles whatever is in flight and writes every outcome, so nothing is
-    /// in flight or unwritten: before lease maintenance, after a failure,
-    /// and at shutdown. `prior`: aggregates that did not get through the
-    /// batch settled last. What was claimed ahead is dropped.
-    async fn drain(&mut self, prior: Unfinished) {
-        self.prefetched = None;
-        self.flush_unrecorded().await;
-        if let Some(flight) = self.in_flight.take() {
-            let span = flight.span.clone();
-            self.settle(flight, &prior, None).instrument(span).await;
-            self.flush_unrecorded().await;
-        }
-    }
-
-    /// Claims the batch after the ones in flight (and `settling`, the batch
-    /// being settled) in a task of its own: decoding a claimed batch is CPU
-    /// work that would otherwise hold up this task while it settles.
-    fn claim_ahead(&self, settling: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
+    /// Claims the batch after `rows` in a task of its own, while `rows` are
+    /// produced: decoding a claimed batch is CPU work that would otherwise
+    /// hold up this task while it enqueues and collects acknowledgements.
+    fn claim_ahead(&self, rows: &[ClaimedRow]) -> JoinHandle<Result<Prefetched, sqlx::Error>> {
         let claimer = self.claimer.clone();
         let fence = self.leases.fence();
-        let in_flight = self.rows_not_recorded(settling);
+        let in_flight = self.unrecorded_seqs(rows);
         let floor = self.claim_floor();
         tokio::spawn(async move {
             let batch = claimer.claim_ahead(&fence, &in_flight, floor).await?;
@@ -749,55 +584,6 @@ impl<B: Broker> Worker<B> {
             "outbox batch recorded"
         );
         Ok((took, recorded))
-    }
-
-    fn failed_row(&self, row: &ClaimedRow, failure: Failure) -> FailedRow {
-        let attempts = u32::try_from(row.retry_count).unwrap_or(0) + 1;
-        let (increment, error, dead, delay) = match failure {
-            Failure::Permanent(error) => (1, error, true, Duration::ZERO),
-            Failure::Counted(error) => {
-                let dead = attempts > self.config.max_retries;
-                let delay = retry_delay(
-                    self.config.retry_backoff,
-                    self.config.max_retry_backoff,
-                    attempts,
-                );
-                (1, error, dead, delay)
-            }
-            Failure::Uncounted(error) => (0, error, false, Duration::ZERO),
-        };
-        if dead {
-            tracing::error!(
-                event_id = %row.id,
-                event_type = %row.event_type(),
-                aggregate_type = %row.aggregate_type(),
-                aggregate_id = %row.aggregate_id(),
-                topic = %row.topic(),
-                correlation_id = row.correlation_id().unwrap_or(""),
-                attempts,
-                %error,
-                "outbox event is dead: it will not be retried automatically (see `outbox failed list`)"
-            );
-        } else if increment > 0 {
-            tracing::warn!(
-                event_id = %row.id,
-                event_type = %row.event_type(),
-                aggregate_type = %row.aggregate_type(),
-                aggregate_id = %row.aggregate_id(),
-                topic = %row.topic(),
-                attempts,
-                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                %error,
-                "outbox event delivery failed; will retry"
-            );
-        }
-        FailedRow {
-            seq: row.seq,
-            increment,
-            error,
-            delay,
-            dead,
-        }
     }
 }
 

@@ -3,9 +3,9 @@
 //! The relay claims the batch it reads ahead during a backlog with
 //! `COPY (SELECT …) TO STDOUT (FORMAT binary)` (`Claimer::claim_ahead`):
 //! the rows arrive in the types' binary send format, and reading them here
-//! costs a fraction of decoding a result set row by row through sqlx (see
-//! docs/benchmarks.md, profile of 2026-11-27, third session). Fresh claims
-//! stay a `SELECT`.
+//! costs a fraction of decoding a result set row by row through sqlx
+//! (`docs/design/relay.md`, the batch claimed ahead). Fresh claims stay a
+//! `SELECT`.
 //!
 //! Format (PostgreSQL docs, "COPY", *Binary Format*): an 11-byte signature,
 //! a 32-bit flags field, a 32-bit header-extension length and that many

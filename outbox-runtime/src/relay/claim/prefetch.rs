@@ -4,12 +4,11 @@
 //! the rows in flight (see `claim_select` in `claim.rs`). Two rules
 //! keep the guarantees:
 //!
-//! - **Order.** The prefetch was claimed before the outcome of the batches
-//!   in flight was known. It is kept only when the batch settled beside it
-//!   got through whole; otherwise the relay drains (`worker.rs`) and drops
-//!   it, and a fresh claim finds its rows again behind their failed heads.
-//!   A batch in flight that fails after the prefetch was enqueued settles
-//!   with its failures carried into the prefetch's outcome.
+//! - **Order.** The prefetch was claimed before the outcome of the batch in
+//!   flight was known. It is kept only when that batch got through whole;
+//!   otherwise the relay writes the outcome at once and drops it, and a
+//!   fresh claim finds its rows again behind their failed heads. Nothing of
+//!   it is produced before every result of the batch in flight is in.
 //! - **Ownership.** A prefetch is used only under the lease fence it was
 //!   claimed under (the same shards at the same epochs, `lease.rs`); a
 //!   rebalance or a lapsed lease in between throws it away.
@@ -27,6 +26,11 @@ pub(crate) struct Prefetched {
 impl Prefetched {
     pub(crate) fn new(batch: Claimed) -> Self {
         Self { batch }
+    }
+
+    /// How long its claim took, in milliseconds.
+    pub(crate) fn claim_ms(&self) -> f64 {
+        self.batch.took.as_secs_f64() * 1e3
     }
 
     /// The batch, if it was claimed under `fence`; `None`, dropping it,

@@ -4,6 +4,8 @@ pub(crate) mod unfinished;
 pub(crate) mod unrecorded;
 
 use crate::identifier::Names;
+use crate::relay::claim::ClaimedRow;
+use crate::relay::config::RelayConfig;
 use crate::relay::lease::Fence;
 use crate::relay::seq_runs::single_run;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -216,6 +218,53 @@ impl OutcomeSql {
             .execute(executor)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// What to write for `row`'s failed attempt under `config`: counted or not,
+/// when to retry, dead or not. Logs the failure with the event's fields.
+pub(crate) fn failed_row(config: &RelayConfig, row: &ClaimedRow, failure: Failure) -> FailedRow {
+    let attempts = u32::try_from(row.retry_count).unwrap_or(0) + 1;
+    let (increment, error, dead, delay) = match failure {
+        Failure::Permanent(error) => (1, error, true, Duration::ZERO),
+        Failure::Counted(error) => {
+            let dead = attempts > config.max_retries;
+            let delay = retry_delay(config.retry_backoff, config.max_retry_backoff, attempts);
+            (1, error, dead, delay)
+        }
+        Failure::Uncounted(error) => (0, error, false, Duration::ZERO),
+    };
+    if dead {
+        tracing::error!(
+            event_id = %row.id,
+            event_type = %row.event_type(),
+            aggregate_type = %row.aggregate_type(),
+            aggregate_id = %row.aggregate_id(),
+            topic = %row.topic(),
+            correlation_id = row.correlation_id().unwrap_or(""),
+            attempts,
+            %error,
+            "outbox event is dead: it will not be retried automatically (see `outbox failed list`)"
+        );
+    } else if increment > 0 {
+        tracing::warn!(
+            event_id = %row.id,
+            event_type = %row.event_type(),
+            aggregate_type = %row.aggregate_type(),
+            aggregate_id = %row.aggregate_id(),
+            topic = %row.topic(),
+            attempts,
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            %error,
+            "outbox event delivery failed; will retry"
+        );
+    }
+    FailedRow {
+        seq: row.seq,
+        increment,
+        error,
+        delay,
+        dead,
     }
 }
 

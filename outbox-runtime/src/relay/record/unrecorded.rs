@@ -63,22 +63,19 @@ pub(crate) struct Unrecorded {
 
 impl Unrecorded {
     /// Classifies `outcomes` (one per row, in order); `fail` turns a failure
-    /// into what to write for its row. `prior`: aggregates that did not get
-    /// through a batch produced before this one whose outcome was not known
-    /// when this one was enqueued; their rows here are not marked either.
+    /// into what to write for its row.
     pub(crate) fn new(
         rows: Vec<ClaimedRow>,
         outcomes: Vec<RowOutcome>,
         claimed_at: Instant,
         fence: Fence,
-        prior: &Unfinished,
         span: tracing::Span,
         mut fail: impl FnMut(&ClaimedRow, Failure) -> FailedRow,
     ) -> Self {
         let acknowledged_after = claimed_at.elapsed().as_secs_f64();
         let mut delivered = Vec::with_capacity(rows.len());
         let (mut failed_at, mut failed) = (Vec::new(), Vec::new());
-        let mut unfinished = prior.clone();
+        let mut unfinished = Unfinished::default();
         let (mut uncounted, mut reordered) = (0, 0);
         for (index, (row, outcome)) in rows.iter().zip(outcomes).enumerate() {
             match outcome {
@@ -251,6 +248,18 @@ mod tests {
         }
     }
 
+    /// The outcome of `rows` produced with `outcomes`.
+    fn settled(rows: Vec<ClaimedRow>, outcomes: Vec<RowOutcome>) -> Unrecorded {
+        Unrecorded::new(
+            rows,
+            outcomes,
+            Instant::now(),
+            fence(),
+            tracing::Span::none(),
+            fail,
+        )
+    }
+
     #[test]
     fn a_failure_makes_its_aggregate_unfinished_and_every_row_stays_excluded() {
         let rows = vec![
@@ -263,15 +272,7 @@ mod tests {
             RowOutcome::Delivered,
             RowOutcome::Held,
         ];
-        let batch = Unrecorded::new(
-            rows,
-            outcomes,
-            Instant::now(),
-            fence(),
-            &Unfinished::default(),
-            tracing::Span::none(),
-            fail,
-        );
+        let batch = settled(rows, outcomes);
         assert_eq!(batch.seqs().collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(batch.delivered_seqs(), [2]);
         assert_eq!(batch.failed().len(), 1);
@@ -285,50 +286,16 @@ mod tests {
     fn a_broker_fault_never_counts_and_stops_the_relay_only_when_nothing_got_through() {
         let timeout = || RowOutcome::Failed(Failure::Uncounted("timed out".into()));
         let rows = vec![row(1, "essay", "a"), row(2, "essay", "b")];
-        let down = Unrecorded::new(
-            rows.clone(),
-            vec![timeout(), timeout()],
-            Instant::now(),
-            fence(),
-            &Unfinished::default(),
-            tracing::Span::none(),
-            fail,
-        );
+        let down = settled(rows.clone(), vec![timeout(), timeout()]);
         assert!(down.broker_unreachable());
         assert_eq!(down.failure_counts(), (0, 0, 2));
-        let partly = Unrecorded::new(
-            rows,
-            vec![timeout(), RowOutcome::Delivered],
-            Instant::now(),
-            fence(),
-            &Unfinished::default(),
-            tracing::Span::none(),
-            fail,
-        );
+        let partly = settled(rows, vec![timeout(), RowOutcome::Delivered]);
         assert!(!partly.broker_unreachable());
         assert_eq!(
             partly.failure_counts(),
             (0, 0, 1),
             "not counted next to a success either"
         );
-    }
-
-    #[test]
-    fn rows_of_an_aggregate_unfinished_in_an_earlier_batch_are_not_marked() {
-        let mut prior = Unfinished::default();
-        prior.insert(&row(1, "essay", "a"));
-        let batch = Unrecorded::new(
-            vec![row(5, "essay", "a"), row(6, "essay", "b")],
-            vec![RowOutcome::Delivered, RowOutcome::Delivered],
-            Instant::now(),
-            fence(),
-            &prior,
-            tracing::Span::none(),
-            fail,
-        );
-        assert_eq!(batch.delivered_seqs(), [6]);
-        assert_eq!(batch.reordered(), 1, "5 got through after a failure of a");
-        assert!(batch.unfinished().holds(&row(9, "essay", "a")));
     }
 
     #[test]
@@ -345,15 +312,7 @@ mod tests {
             RowOutcome::Delivered,
             RowOutcome::Failed(Failure::Uncounted("timed out".into())),
         ];
-        let batch = Unrecorded::new(
-            rows,
-            outcomes,
-            Instant::now(),
-            fence(),
-            &Unfinished::default(),
-            tracing::Span::none(),
-            fail,
-        );
+        let batch = settled(rows, outcomes);
         assert_eq!(batch.delivered_seqs(), [2], "3 stays pending behind 1");
         assert_eq!(batch.reordered(), 1);
         assert!(batch.unfinished().holds(&row(9, "essay", "a")));
