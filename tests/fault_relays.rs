@@ -8,11 +8,11 @@
 mod fixtures;
 mod support;
 
+use fixtures::relay_process::{relay_binary, RelayProcess};
 use outbox::{Outbox, OutboxEvent, Relay, RelayConfig, RelayHandle};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,11 +164,7 @@ async fn shards_move_while_batches_are_claimed_ahead() {
     wait_for_lease_owners(&s.db.pool, 2).await;
     let c = spawn().await;
     wait_for_lease_owners(&s.db.pool, 3).await;
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-            .fetch_one(&s.db.pool)
-            .await
-            .unwrap();
+    let pending = fixtures::pending_rows(&s.db.pool).await;
     println!("pending after the shards moved twice: {pending}");
     assert!(
         pending > 1_000,
@@ -187,70 +183,6 @@ async fn shards_move_while_batches_are_claimed_ahead() {
     }
     collector.stop();
     s.db.drop_db().await;
-}
-
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
-    let bin = debug.join("examples").join("relay_worker");
-    assert!(bin.exists(), "{} is missing: build it with `cargo build --example relay_worker` (scripts/test.sh builds all targets)", bin.display());
-    bin
-}
-
-/// A relay process (`examples/relay_worker`) whose log goes to a file, so a
-/// chatty relay never blocks on a full pipe and a failing test can show it.
-struct RelayProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl RelayProcess {
-    fn start(db_url: &str, bootstrap: &str, prefix: &str, extra: &[(&str, &str)]) -> RelayProcess {
-        let log = std::env::temp_dir().join(format!("{}.log", support::unique("relay-process")));
-        let file = std::fs::File::create(&log).expect("relay log file");
-        let mut cmd = Command::new(relay_binary());
-        cmd.env("DATABASE_URL", db_url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-            .env("OUTBOX_TOPIC_PREFIX", prefix)
-            .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.25")
-            .env("OUTBOX_ERROR_RETRY_INTERVAL_SECONDS", "0.2")
-            .env("OUTBOX_MAX_RETRY_INTERVAL_SECONDS", "1")
-            .env("OUTBOX_LEASE_TTL_SECONDS", "6")
-            .env("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2")
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(file);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("relay process starts");
-        RelayProcess { child, log }
-    }
-
-    /// SIGKILL on Unix: no shutdown, no marking of the batch in flight.
-    fn sigkill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- log of relay process {} ---\n{}",
-                self.child.id(),
-                self.log()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 /// Guarantee 3 with relays as separate OS processes: three relays share
@@ -671,11 +603,7 @@ async fn postgres_restart_mid_stream_is_survived() {
         .unwrap()
         .spawn();
     collector.wait_for(200, Duration::from_secs(60)).await;
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let pending = fixtures::pending_rows(&pool).await;
     assert!(pending > 0, "the restart must happen mid-stream");
     pg.stop();
     tokio::time::sleep(Duration::from_secs(3)).await; // the relay's claims, marks and lease renewals fail meanwhile

@@ -55,19 +55,6 @@ fn backlog(
         .collect()
 }
 
-async fn commit_all(outbox: &Outbox, events: &[LedgerEntryPostedV1]) {
-    let mut tx = outbox.transactional_publish().await.unwrap();
-    tx.publish_all(events).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-async fn pending(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 async fn late_commit_scenario(name: &str, shards: Shards) {
     const BACKLOG: usize = 3_000;
     const LATE: usize = 4;
@@ -83,7 +70,7 @@ async fn late_commit_scenario(name: &str, shards: Shards) {
 
     // A backlog, then rows whose transactions stay open, then more backlog
     // above them.
-    commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
+    fixtures::commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
     let late_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(LATE as u32)
         .connect(&s.db.url)
@@ -101,7 +88,7 @@ async fn late_commit_scenario(name: &str, shards: Shards) {
         .unwrap();
         open.push(tx);
     }
-    commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
+    fixtures::commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
 
     let handle = fixtures::spawn_relay(&s, &bootstrap, 20).await;
 
@@ -110,19 +97,19 @@ async fn late_commit_scenario(name: &str, shards: Shards) {
     // aggregate's next event, while the backlog keeps the relay claiming
     // ahead.
     let mut waited = 0;
-    while pending(&s.db.pool).await > (BACKLOG - 200) as i64 && waited < 6_000 {
+    while fixtures::pending_rows(&s.db.pool).await > (BACKLOG - 200) as i64 && waited < 6_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
         waited += 1;
     }
-    let left = pending(&s.db.pool).await;
+    let left = fixtures::pending_rows(&s.db.pool).await;
     assert!(
         left > 500 && left <= (BACKLOG - 200) as i64,
         "the relay is inside the second backlog when the late rows commit ({left} pending)"
     );
-    commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
+    fixtures::commit_all(&s.outbox, &backlog(backlog_ids, BACKLOG, &mut next)).await;
     for (tx, id) in open.into_iter().zip(late_ids) {
         tx.commit().await.unwrap();
-        commit_all(
+        fixtures::commit_all(
             &s.outbox,
             &[LedgerEntryPostedV1 {
                 account_id: id.clone(),
@@ -178,7 +165,7 @@ async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_
             }
         })
         .collect();
-    commit_all(&s.outbox, &events).await;
+    fixtures::commit_all(&s.outbox, &events).await;
     // The first event of the aggregate is too big for the producer.
     sqlx::query(
         "UPDATE event_outbox SET event_data = json_build_object('event_id', event_data->'event_id',
@@ -190,7 +177,7 @@ async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_
     .await
     .unwrap();
 
-    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 20).await;
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 20, 1).await;
 
     let mut dead_id = None;
     for _ in 0..600 {
@@ -219,7 +206,7 @@ async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_
     outbox::admin::retry(&s.db.pool, None, dead_id)
         .await
         .unwrap();
-    let left = pending(&s.db.pool).await;
+    let left = fixtures::pending_rows(&s.db.pool).await;
     assert!(
         left > (EVENTS / 4) as i64,
         "the backlog still drains when the event is sent again ({left} pending)"

@@ -37,24 +37,21 @@
 //! tally line (also appended to `OUTBOX_TALLY_FILE` when set).
 
 mod fixtures;
+mod mock_broker;
 mod support;
 
 use chrono::{DateTime, Utc};
+use fixtures::relay_process::RelayProcess;
+use fixtures::tallies::{all_arrived, print_tally_line, Delivery};
+use mock_broker::PartitionReader;
 use outbox::{Outbox, OutboxEvent, Relay, RelayConfig, RelayHandle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::Received;
 use uuid::Uuid;
@@ -360,6 +357,64 @@ fn application_name(instance: Uuid) -> String {
     format!("outbox-relay/{instance}")
 }
 
+/// Whether `owner` holds every shard's lease within `timeout`.
+async fn holds_every_shard(pool: &PgPool, owner: Uuid, timeout: Duration) -> bool {
+    wait_until(timeout, || async {
+        valid_leases(pool, owner).await == outbox::relay::SHARDS
+    })
+    .await
+}
+
+/// Relay A's leases taken by relay B after they expired, read once both
+/// are stopped.
+struct Takeover {
+    count: i64,
+    /// When the first was taken.
+    first: Option<DateTime<Utc>>,
+    /// A's marks after the first was taken (-1: none was).
+    a_marks_after: i64,
+}
+
+impl Takeover {
+    async fn read(pool: &PgPool, a: Uuid, b: Uuid) -> Takeover {
+        let (count, first) = takeovers(pool, a, b).await;
+        let a_marks_after = match first {
+            Some(at) => marks_after(pool, a, at).await,
+            None => -1,
+        };
+        Takeover {
+            count,
+            first,
+            a_marks_after,
+        }
+    }
+}
+
+/// The audit's summary of a scenario, once its relays are stopped.
+struct Audit {
+    /// See [`marks_by_app`].
+    by_app: String,
+    /// See [`loss_events`].
+    losses: usize,
+    /// See [`check_marks`].
+    stale: usize,
+}
+
+impl Audit {
+    /// Reads the summary, [`check_marks`] last (its control row, deleted as
+    /// `instance`, is a mark by `instance` too).
+    async fn read(s: &Setup, instance: Uuid, problems: &mut Vec<String>) -> Audit {
+        let by_app = marks_by_app(&s.db.pool).await;
+        let losses = loss_events(&s.db.pool).await;
+        let stale = check_marks(s, instance, problems).await;
+        Audit {
+            by_app,
+            losses,
+            stale,
+        }
+    }
+}
+
 /// Polls `check` every 50 ms until it holds, at most `timeout`.
 async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
@@ -378,132 +433,6 @@ where
     }
 }
 
-/// A consumer reading every partition of one topic from the beginning, with
-/// no consumer group.
-struct Reader {
-    received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Reader {
-    fn start(bootstrap: &str, topic: &str) -> Reader {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("reader-{}", Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "100")
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .create()
-            .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .expect("assignment");
-        }
-        consumer.assign(&assignment).expect("assign");
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let sink = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match consumer.recv().await {
-                    Ok(m) => {
-                        let received = received_from(&m);
-                        sink.lock().unwrap().push(received);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "reader consumer error; continuing");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-        Reader { received, task }
-    }
-
-    fn snapshot(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
-    }
-
-    async fn wait_for_count(&self, n: usize, timeout: Duration) -> bool {
-        wait_until(timeout, || {
-            let done = self.count() >= n;
-            async move { done }
-        })
-        .await
-    }
-
-    /// Waits until every id of `committed` arrived, at most `timeout`.
-    async fn wait_for_all(&self, committed: &[String], timeout: Duration) -> bool {
-        let expected: HashSet<&str> = committed.iter().map(String::as_str).collect();
-        wait_until(timeout, || {
-            let all = self.snapshot();
-            let seen: HashSet<&str> = all.iter().filter_map(event_id).collect();
-            let done = expected.iter().all(|id| seen.contains(id));
-            async move { done }
-        })
-        .await
-    }
-
-    /// Waits until nothing new arrived for [`QUIET`], at most `at_most`;
-    /// what arrived, and whether it went quiet.
-    async fn settle(&self, at_most: Duration) -> (Vec<Received>, bool) {
-        let deadline = Instant::now() + at_most;
-        let mut last = self.count();
-        let mut since = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = self.count();
-            if now != last {
-                last = now;
-                since = Instant::now();
-            } else if since.elapsed() >= QUIET {
-                return (self.snapshot(), true);
-            }
-            if Instant::now() >= deadline {
-                return (self.snapshot(), false);
-            }
-        }
-    }
-
-    async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
-
-fn received_from(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
-    let mut headers = BTreeMap::new();
-    if let Some(h) = m.headers() {
-        for header in h.iter() {
-            let value = header
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            headers.insert(header.key.to_owned(), value);
-        }
-    }
-    Received {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        headers,
-        payload: m
-            .payload()
-            .and_then(|p| serde_json::from_slice(p).ok())
-            .unwrap_or(serde_json::Value::Null),
-    }
-}
-
-fn event_id(m: &Received) -> Option<&str> {
-    m.headers.get("event_id").map(String::as_str)
-}
-
 /// A scenario's database (migrated, with the audit triggers), mock broker
 /// with the topic, consumer and outbox handle.
 struct Setup {
@@ -511,8 +440,17 @@ struct Setup {
     cluster: MockCluster<'static, DefaultProducerContext>,
     bootstrap: String,
     prefix: String,
-    reader: Reader,
+    reader: PartitionReader,
     outbox: Outbox,
+}
+
+/// Relays A and B of a lock scenario and their instance ids: A running, B
+/// built but not started yet.
+struct RelaysAB {
+    a: RelayHandle,
+    a_id: Uuid,
+    b: Relay,
+    b_id: Uuid,
 }
 
 impl Setup {
@@ -529,7 +467,7 @@ impl Setup {
         let db = support::TestDatabase::create(&format!("fence_{label}")).await;
         outbox::migrate(&db.pool).await.unwrap();
         sqlx::raw_sql(AUDIT).execute(&db.pool).await.unwrap();
-        let reader = Reader::start(&bootstrap, &topics[0]);
+        let reader = PartitionReader::start(&bootstrap, &topics, PARTITIONS);
         let outbox = Outbox::new(db.pool.clone(), "svc");
         Setup {
             db,
@@ -562,11 +500,147 @@ impl Setup {
             .unwrap()
     }
 
+    /// Scenarios 1 and 2 up to the lock: `per_aggregate` events of every
+    /// aggregate committed, relays A and B with batches of `batch` and
+    /// leases of `ttl` (only A started), and `lock_after` events consumed;
+    /// the committed event ids and the relays.
+    async fn until_the_lock(
+        &self,
+        per_aggregate: i64,
+        batch: usize,
+        ttl: Duration,
+        lock_after: usize,
+        problems: &mut Vec<String>,
+    ) -> (Vec<String>, RelaysAB) {
+        let committed = publish(self.outbox.clone(), 0..per_aggregate, 2, None).await;
+        let a = self.relay(self.config(batch, ttl)).await;
+        let b = self.relay(self.config(batch, ttl)).await;
+        let (a_id, b_id) = (a.instance_id(), b.instance_id());
+        let a = a.spawn();
+        self.wait_for_count(lock_after, "the lock", problems).await;
+        (committed, RelaysAB { a, a_id, b, b_id })
+    }
+
+    /// Waits until `n` messages arrived, at most 60 s; a problem if they
+    /// did not arrive before `what` (e.g. "the lock").
+    async fn wait_for_count(&self, n: usize, what: &str, problems: &mut Vec<String>) {
+        let arrived = self
+            .reader
+            .wait_until(Duration::from_secs(60), |m| m.len() >= n)
+            .await;
+        if arrived.is_err() {
+            problems.push(format!("{n} events did not arrive before {what}"));
+        }
+    }
+
+    /// Waits until every event of `committed` arrived, at most
+    /// [`DELIVERED_WITHIN`], then until nothing new arrived for [`QUIET`],
+    /// at most 30 s; what arrived. A wait that runs out is a problem, the
+    /// first saying since when (`after`, e.g. "after the last commit") the
+    /// events were due.
+    async fn drain(
+        &self,
+        committed: &[String],
+        after: &str,
+        problems: &mut Vec<String>,
+    ) -> Vec<Received> {
+        let delivered = self
+            .reader
+            .wait_until(DELIVERED_WITHIN, all_arrived(committed))
+            .await;
+        if delivered.is_err() {
+            problems.push(format!(
+                "not every event arrived within {DELIVERED_WITHIN:?} {after}"
+            ));
+        }
+        match self.reader.settle(QUIET, Duration::from_secs(30)).await {
+            Ok(consumed) => consumed,
+            Err(consumed) => {
+                problems.push("messages kept arriving for 30 s after delivery".into());
+                consumed
+            }
+        }
+    }
+
+    /// Scenarios 1 and 2 once the lock is released: every event delivered
+    /// and the stream quiet (see [`Setup::drain`]), then relays B and A
+    /// stopped; what arrived.
+    async fn after_the_lock(
+        &self,
+        committed: &[String],
+        a: RelayHandle,
+        b: RelayHandle,
+        problems: &mut Vec<String>,
+    ) -> Vec<Received> {
+        let consumed = self
+            .drain(committed, "after the lock was released", problems)
+            .await;
+        stop_relay(b, "B", problems).await;
+        stop_relay(a, "A", problems).await;
+        consumed
+    }
+
+    /// The end of a scenario, once its relays are stopped: the audit (see
+    /// [`Audit::read`]), then the relays' log (read by `log`) checked for
+    /// connections out of step (see [`check_sync`]), and everything torn
+    /// down; the tally of `consumed` against `committed`, and the log.
+    async fn conclude(
+        self,
+        committed: &[String],
+        consumed: &[Received],
+        instance: Uuid,
+        log: impl FnOnce() -> String,
+        problems: &mut Vec<String>,
+    ) -> (Tally, String) {
+        let audit = Audit::read(&self, instance, problems).await;
+        let log = log();
+        let desync = check_sync(&log, problems);
+        self.tear_down().await;
+        let tally = Tally {
+            delivery: Delivery::of(committed, consumed),
+            audit,
+            desync,
+        };
+        (tally, log)
+    }
+
     /// Stops the consumer, drops the database and the broker.
     async fn tear_down(self) {
         self.reader.stop().await;
         self.db.drop_db().await;
         drop(self.cluster);
+    }
+}
+
+/// `LOCK TABLE event_outbox IN … MODE`, taken by a transaction of its own
+/// and held until [`TableLock::release`].
+struct TableLock {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// When it was taken, by the database's clock.
+    at: DateTime<Utc>,
+    /// Rows pending once it was taken.
+    pending: i64,
+}
+
+impl TableLock {
+    /// Takes the lock in `mode` (e.g. `SHARE`).
+    async fn take(pool: &PgPool, mode: &str) -> TableLock {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(&format!("LOCK TABLE event_outbox IN {mode} MODE"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let at = db_now(pool).await;
+        let pending = fixtures::pending_rows(&mut *tx).await;
+        TableLock { tx, at, pending }
+    }
+
+    /// Commits the lock's transaction; when, by the database's clock (read
+    /// just before).
+    async fn release(self, pool: &PgPool) -> DateTime<Utc> {
+        let released_at = db_now(pool).await;
+        self.tx.commit().await.unwrap();
+        released_at
     }
 }
 
@@ -595,115 +669,58 @@ async fn publish(
                 })
             })
             .collect();
-        let mut tx = outbox.transactional_publish().await.unwrap();
-        let published = tx.publish_all(&events).await.unwrap();
-        tx.commit().await.unwrap();
+        let published = fixtures::commit_all(&outbox, &events).await;
         ids.extend(published.iter().map(ToString::to_string));
         first = last;
     }
     ids
 }
 
-/// What a scenario delivered, from the consumer's view, and the stale marks.
+/// What a scenario delivered, from the consumer's view, what the audit
+/// found, and the relays' log lines out of step (see [`check_sync`]).
 struct Tally {
-    committed: usize,
-    delivered: usize,
-    missing: Vec<String>,
-    duplicates: usize,
-    /// First copies whose sequence number is not above the previous first
-    /// copy's of their aggregate.
-    order_violations: usize,
-    /// The first few: (aggregate, seq, previous seq).
-    order_examples: Vec<(String, i64, i64)>,
-    stale_marks: usize,
+    delivery: Delivery,
+    audit: Audit,
+    desync: usize,
 }
 
 impl Tally {
-    fn of(committed: &[String], consumed: &[Received], stale_marks: usize) -> Tally {
-        let seen: HashSet<&str> = consumed.iter().filter_map(event_id).collect();
-        let missing: Vec<String> = committed
-            .iter()
-            .filter(|id| !seen.contains(id.as_str()))
-            .cloned()
-            .collect();
-        let mut first_copies = HashSet::new();
-        let mut latest: HashMap<String, i64> = HashMap::new();
-        let (mut order_violations, mut order_examples) = (0, Vec::new());
-        for m in consumed {
-            if !first_copies.insert(event_id(m).unwrap_or_default()) {
-                continue;
-            }
-            let aggregate = m.key.clone().unwrap_or_default();
-            let seq = m.payload["data"]["seq"].as_i64().unwrap_or(-1);
-            if let Some(&previous) = latest.get(&aggregate) {
-                if seq <= previous {
-                    order_violations += 1;
-                    if order_examples.len() < 5 {
-                        order_examples.push((aggregate.clone(), seq, previous));
-                    }
-                }
-            }
-            latest.insert(aggregate, seq);
-        }
-        Tally {
-            committed: committed.len(),
-            delivered: committed.len() - missing.len(),
-            missing,
-            duplicates: consumed.len() - seen.len(),
-            order_violations,
-            order_examples,
-            stale_marks,
-        }
-    }
-
-    /// Prints the tally line (and appends it to `OUTBOX_TALLY_FILE`).
-    fn report(&self, name: &str, extra: &str) {
-        let line = format!(
-            "scenario=lease_fencing_{name} committed={} delivered={} duplicates={} \
-             order_violations={} stale_marks={} {extra}",
-            self.committed,
-            self.delivered,
-            self.duplicates,
-            self.order_violations,
-            self.stale_marks,
+    /// Prints the tally line (and appends it to `OUTBOX_TALLY_FILE`), with
+    /// `extra` after the counts, then the marks per connection and the
+    /// warnings of the relays' `log`.
+    fn report(&self, name: &str, extra: &str, log: &str) {
+        print_tally_line(&format!(
+            "{} stale_marks={} losses={} desync_lines={} {extra}",
+            self.delivery.tally_line(&format!("lease_fencing_{name}")),
+            self.audit.stale,
+            self.audit.losses,
+            self.desync,
+        ));
+        println!(
+            "marks by application_name: {}\nrelay warnings:\n{}",
+            self.audit.by_app,
+            notable(log, 20)
         );
-        println!("{line}");
-        if let Ok(path) = std::env::var("OUTBOX_TALLY_FILE") {
-            if let Ok(mut file) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = writeln!(file, "{line}");
-            }
-        }
     }
 
     /// The checks that failed, duplicates allowed up to two batches of
     /// `batch` per loss of shards.
-    fn problems(&self, batch: usize, losses: usize) -> Vec<String> {
+    fn problems(&self, batch: usize) -> Vec<String> {
+        let losses = self.audit.losses;
         let duplicates_at_most = 2 * batch * losses;
-        let mut problems = Vec::new();
-        if !self.missing.is_empty() {
-            problems.push(format!(
-                "{} of {} committed events never arrived (e.g. {:?})",
-                self.missing.len(),
-                self.committed,
-                &self.missing[..self.missing.len().min(3)]
-            ));
-        }
-        if self.order_violations > 0 {
+        let mut problems: Vec<String> = self.delivery.missing_problem().into_iter().collect();
+        if self.delivery.order_violations > 0 {
             problems.push(format!(
                 "{} first copies arrived after a later event of their aggregate, e.g. \
                  (aggregate, seq, after seq) {:?}",
-                self.order_violations, self.order_examples
+                self.delivery.order_violations, self.delivery.order_examples
             ));
         }
-        if self.duplicates > duplicates_at_most {
+        if self.delivery.duplicates > duplicates_at_most {
             problems.push(format!(
                 "{} duplicates, more than {duplicates_at_most} (two batches of {batch} for each \
                  of the {losses} times an instance lost shards to another)",
-                self.duplicates
+                self.delivery.duplicates
             ));
         }
         problems
@@ -729,13 +746,14 @@ async fn check_marks(s: &Setup, instance: Uuid, problems: &mut Vec<String>) -> u
     let stale = stale_marks(pool).await;
     // Past the grace after the relays gave their leases back on shutdown.
     tokio::time::sleep(TAKEOVER_GRACE * 2).await;
-    let event = EssayMarkedV1 {
-        essay_id: "audit-control".into(),
-        seq: 0,
-    };
-    let mut tx = s.outbox.transactional_publish().await.unwrap();
-    let control = tx.publish_all([&event]).await.unwrap();
-    tx.commit().await.unwrap();
+    let control = fixtures::commit_all(
+        &s.outbox,
+        &[EssayMarkedV1 {
+            essay_id: "audit-control".into(),
+            seq: 0,
+        }],
+    )
+    .await;
     let options = PgConnectOptions::from_str(&s.db.url)
         .unwrap()
         .application_name(&application_name(instance));
@@ -784,32 +802,11 @@ async fn a_relay_blocked_behind_a_table_lock_past_its_lease_ttl_loses_its_shards
     let s = Setup::new("lock").await;
     let mut problems = Vec::new();
 
-    let committed = publish(s.outbox.clone(), 0..PER_AGGREGATE, 2, None).await;
-    let a = s.relay(s.config(BATCH, TTL)).await;
-    let b = s.relay(s.config(BATCH, TTL)).await;
-    let (a_id, b_id) = (a.instance_id(), b.instance_id());
-    let a = a.spawn();
-
-    if !s
-        .reader
-        .wait_for_count(LOCK_AFTER, Duration::from_secs(60))
-        .await
-    {
-        problems.push(format!(
-            "{LOCK_AFTER} events did not arrive before the lock"
-        ));
-    }
-    let mut lock = s.db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE event_outbox IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    let locked_at = db_now(&s.db.pool).await;
-    let pending_at_lock: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-            .fetch_one(&mut *lock)
-            .await
-            .unwrap();
+    let (committed, RelaysAB { a, a_id, b, b_id }) = s
+        .until_the_lock(PER_AGGREGATE, BATCH, TTL, LOCK_AFTER, &mut problems)
+        .await;
+    let lock = TableLock::take(&s.db.pool, "ACCESS EXCLUSIVE").await;
+    let (locked_at, pending_at_lock) = (lock.at, lock.pending);
     if pending_at_lock == 0 {
         problems.push("the backlog was drained before the lock; raise PER_AGGREGATE".into());
     }
@@ -831,58 +828,36 @@ async fn a_relay_blocked_behind_a_table_lock_past_its_lease_ttl_loses_its_shards
         problems.push("B took none of A's expired leases within 60 s".into());
     }
     let b_leases_at_release = valid_leases(&s.db.pool, b_id).await;
-    let released_at = db_now(&s.db.pool).await;
-    lock.commit().await.unwrap();
+    let released_at = lock.release(&s.db.pool).await;
 
-    let committed_arrived = s.reader.wait_for_all(&committed, DELIVERED_WITHIN).await;
-    if !committed_arrived {
-        problems.push(format!(
-            "not every event arrived within {DELIVERED_WITHIN:?} after the lock was released"
-        ));
-    }
-    let (consumed, quiet) = s.reader.settle(Duration::from_secs(30)).await;
-    if !quiet {
-        problems.push("messages kept arriving for 30 s after delivery".into());
-    }
-    stop_relay(b, "B", &mut problems).await;
-    stop_relay(a, "A", &mut problems).await;
+    let consumed = s.after_the_lock(&committed, a, b, &mut problems).await;
 
-    let (taken_over, first_takeover) = takeovers(&s.db.pool, a_id, b_id).await;
-    match first_takeover {
+    let takeover = Takeover::read(&s.db.pool, a_id, b_id).await;
+    match takeover.first {
         Some(at) if at > locked_at && at < released_at => {}
         other => problems.push(format!(
             "B did not take A's leases while the table was locked ({locked_at} .. {released_at}): \
              first takeover {other:?}"
         )),
     }
-    let a_marks_after = match first_takeover {
-        Some(at) => marks_after(&s.db.pool, a_id, at).await,
-        None => -1,
-    };
-    let by_app = marks_by_app(&s.db.pool).await;
-    let losses = loss_events(&s.db.pool).await;
-    let stale = check_marks(&s, a_id, &mut problems).await;
-    let log = captured_log();
-    let desync = check_sync(&log, &mut problems);
-    s.tear_down().await;
-
-    let tally = Tally::of(&committed, &consumed, stale);
+    let (tally, log) = s
+        .conclude(&committed, &consumed, a_id, captured_log, &mut problems)
+        .await;
     tally.report(
         "table_lock_past_ttl",
         &format!(
-            "losses={losses} desync_lines={desync} pending_at_lock={pending_at_lock} lock_held_s={:.1} leases_taken_by_b={taken_over} \
-             b_leases_at_release={b_leases_at_release} a_marks_after_first_takeover={a_marks_after} \
+            "pending_at_lock={pending_at_lock} lock_held_s={:.1} leases_taken_by_b={} \
+             b_leases_at_release={b_leases_at_release} a_marks_after_first_takeover={} \
              a_{} statement_timeouts={}",
             (released_at - locked_at).num_milliseconds() as f64 / 1e3,
+            takeover.count,
+            takeover.a_marks_after,
             notices(&log, Some(a_id)),
             log_lines(&log, "statement timeout", None),
         ),
+        &log,
     );
-    println!(
-        "marks by application_name: {by_app}\nrelay warnings:\n{}",
-        notable(&log, 20)
-    );
-    problems.extend(tally.problems(BATCH, losses));
+    problems.extend(tally.problems(BATCH));
     assert!(
         problems.is_empty(),
         "table lock past the TTL:\n- {}",
@@ -925,31 +900,12 @@ async fn a_relay_whose_shards_are_taken_while_its_mark_waits_on_a_lock_has_it_re
     let s = Setup::new("aged").await;
     let mut problems = Vec::new();
 
-    let committed = publish(s.outbox.clone(), 0..PER_AGGREGATE, 2, None).await;
-    let a = s.relay(s.config(BATCH, TTL)).await;
-    let b = s.relay(s.config(BATCH, TTL)).await;
-    let (a_id, b_id) = (a.instance_id(), b.instance_id());
-    let a = a.spawn();
-    if !s
-        .reader
-        .wait_for_count(LOCK_AFTER, Duration::from_secs(60))
-        .await
-    {
-        problems.push(format!(
-            "{LOCK_AFTER} events did not arrive before the lock"
-        ));
-    }
+    let (committed, RelaysAB { a, a_id, b, b_id }) = s
+        .until_the_lock(PER_AGGREGATE, BATCH, TTL, LOCK_AFTER, &mut problems)
+        .await;
 
-    let mut lock = s.db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE event_outbox IN SHARE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    let pending_at_lock: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-            .fetch_one(&mut *lock)
-            .await
-            .unwrap();
+    let lock = TableLock::take(&s.db.pool, "SHARE").await;
+    let pending_at_lock = lock.pending;
     let mark_waits = wait_until(Duration::from_secs(2), || async {
         waiting(&s.db.pool, a_id, r"^\s*(DELETE|UPDATE)").await
     })
@@ -976,18 +932,13 @@ async fn a_relay_whose_shards_are_taken_while_its_mark_waits_on_a_lock_has_it_re
     .await
     .unwrap();
     let b = b.spawn();
-    let all_taken = wait_until(Duration::from_secs(5), || async {
-        valid_leases(&s.db.pool, b_id).await == outbox::relay::SHARDS
-    })
-    .await;
-    if !all_taken {
+    if !holds_every_shard(&s.db.pool, b_id, Duration::from_secs(5)).await {
         problems.push("B did not take every shard within 5 s of A's leases expiring".into());
     }
     // A's waiting mark then runs well after the takeover.
     tokio::time::sleep(TAKEOVER_GRACE * 3).await;
     let still_waiting = waiting(&s.db.pool, a_id, r"^\s*(DELETE|UPDATE)").await;
-    let released_at = db_now(&s.db.pool).await;
-    lock.commit().await.unwrap();
+    let released_at = lock.release(&s.db.pool).await;
     let refused_logged = wait_until(Duration::from_secs(10), || {
         let done = log_lines(&captured_log(), "marks were refused", Some(a_id)) > 0;
         async move { done }
@@ -997,165 +948,36 @@ async fn a_relay_whose_shards_are_taken_while_its_mark_waits_on_a_lock_has_it_re
         problems.push("A did not log that its marks were refused".into());
     }
 
-    if !s.reader.wait_for_all(&committed, DELIVERED_WITHIN).await {
-        problems.push(format!(
-            "not every event arrived within {DELIVERED_WITHIN:?} after the lock was released"
-        ));
-    }
-    let (consumed, quiet) = s.reader.settle(Duration::from_secs(30)).await;
-    if !quiet {
-        problems.push("messages kept arriving for 30 s after delivery".into());
-    }
-    stop_relay(b, "B", &mut problems).await;
-    stop_relay(a, "A", &mut problems).await;
+    let consumed = s.after_the_lock(&committed, a, b, &mut problems).await;
 
-    let (taken_over, first_takeover) = takeovers(&s.db.pool, a_id, b_id).await;
-    if taken_over == 0 {
+    let takeover = Takeover::read(&s.db.pool, a_id, b_id).await;
+    if takeover.count == 0 {
         problems.push("B took none of A's leases after they expired".into());
     }
-    let a_marks_after = match first_takeover {
-        Some(at) => marks_after(&s.db.pool, a_id, at).await,
-        None => -1,
-    };
-    let by_app = marks_by_app(&s.db.pool).await;
-    let losses = loss_events(&s.db.pool).await;
-    let stale = check_marks(&s, a_id, &mut problems).await;
-    let log = captured_log();
-    let desync = check_sync(&log, &mut problems);
-    s.tear_down().await;
-
-    let tally = Tally::of(&committed, &consumed, stale);
+    let (tally, log) = s
+        .conclude(&committed, &consumed, a_id, captured_log, &mut problems)
+        .await;
     tally.report(
         "lease_taken_while_mark_waits",
         &format!(
-            "losses={losses} desync_lines={desync} pending_at_lock={pending_at_lock} \
-             leases_taken_by_b={taken_over} mark_still_waiting_at_release={still_waiting} \
-             release_after_takeover_ms={} a_marks_after_first_takeover={a_marks_after} a_{}",
-            first_takeover.map_or(-1, |taken| (released_at - taken).num_milliseconds()),
+            "pending_at_lock={pending_at_lock} \
+             leases_taken_by_b={} mark_still_waiting_at_release={still_waiting} \
+             release_after_takeover_ms={} a_marks_after_first_takeover={} a_{}",
+            takeover.count,
+            takeover
+                .first
+                .map_or(-1, |taken| (released_at - taken).num_milliseconds()),
+            takeover.a_marks_after,
             notices(&log, Some(a_id)),
         ),
+        &log,
     );
-    println!(
-        "marks by application_name: {by_app}\nrelay warnings:\n{}",
-        notable(&log, 20)
-    );
-    problems.extend(tally.problems(BATCH, losses));
+    problems.extend(tally.problems(BATCH));
     assert!(
         problems.is_empty(),
         "lease taken while a mark waits:\n- {}",
         problems.join("\n- ")
     );
-}
-
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
-    let bin = debug.join("examples").join("relay_worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build --examples`",
-        bin.display()
-    );
-    bin
-}
-
-/// A relay process (`examples/relay_worker`), its log in a file.
-struct RelayProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl RelayProcess {
-    fn start(db_url: &str, bootstrap: &str, prefix: &str, settings: &[(&str, &str)]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}log", support::unique("fence-relay")));
-        let file = std::fs::File::create(&log).expect("relay log file");
-        let mut cmd = Command::new(relay_binary());
-        cmd.env("DATABASE_URL", db_url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-            .env("OUTBOX_TOPIC_PREFIX", prefix)
-            .env("OUTBOX_POLL_INTERVAL_SECONDS", "0.25")
-            .env("OUTBOX_ERROR_RETRY_INTERVAL_SECONDS", "0.2")
-            .env("OUTBOX_MAX_RETRY_INTERVAL_SECONDS", "1")
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(file);
-        for (k, v) in settings {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("relay process starts");
-        RelayProcess { child, log }
-    }
-
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {signal} {} failed", self.child.id());
-    }
-
-    /// SIGTERM (a graceful stop), SIGKILL after 30 s; whether it exited by
-    /// itself.
-    async fn stop(&mut self) -> bool {
-        self.signal("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-
-    fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        strip_ansi(&raw)
-    }
-
-    /// The instance id it logged in "relay process ready".
-    fn instance_id(&self) -> Option<Uuid> {
-        let log = self.log();
-        let line = log.lines().find(|l| l.contains("relay process ready"))?;
-        let at = line.find("instance_id=")? + "instance_id=".len();
-        line.get(at..at + 36)?.parse().ok()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- log of relay process {} ---\n{}",
-                self.child.id(),
-                self.log()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Scenario 2: relay A, a process of its own, drains a backlog while a
@@ -1208,31 +1030,16 @@ async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_
     let b = s.relay(s.config(BATCH, TTL)).await;
     let b_id = b.instance_id();
 
-    if !s
-        .reader
-        .wait_for_count(STOP_AFTER, Duration::from_secs(60))
-        .await
-    {
-        problems.push(format!(
-            "{STOP_AFTER} events did not arrive before the stop"
-        ));
-    }
+    s.wait_for_count(STOP_AFTER, "the stop", &mut problems)
+        .await;
     a.signal("-STOP");
     let stopped_at = db_now(&s.db.pool).await;
-    let pending_at_stop: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-            .fetch_one(&s.db.pool)
-            .await
-            .unwrap();
+    let pending_at_stop = fixtures::pending_rows(&s.db.pool).await;
     if pending_at_stop == 0 {
         problems.push("A was stopped after the backlog was drained; raise the backlog".into());
     }
     let b = b.spawn();
-    let all_taken = wait_until(TTL + Duration::from_secs(20), || async {
-        valid_leases(&s.db.pool, b_id).await == outbox::relay::SHARDS
-    })
-    .await;
-    if !all_taken {
+    if !holds_every_shard(&s.db.pool, b_id, TTL + Duration::from_secs(20)).await {
         problems.push("B did not take every shard while A was stopped".into());
     }
     let consumed_when_b_held_all = s.reader.count();
@@ -1241,32 +1048,22 @@ async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_
     a.signal("-CONT");
 
     committed.extend(writer.await.unwrap());
-    if !s.reader.wait_for_all(&committed, DELIVERED_WITHIN).await {
-        problems.push(format!(
-            "not every event arrived within {DELIVERED_WITHIN:?} after the last commit"
-        ));
-    }
-    let (consumed, quiet) = s.reader.settle(Duration::from_secs(30)).await;
-    if !quiet {
-        problems.push("messages kept arriving for 30 s after delivery".into());
-    }
+    let consumed = s
+        .drain(&committed, "after the last commit", &mut problems)
+        .await;
     if !a.stop().await {
         problems.push("relay A did not stop within 30 s of SIGTERM".into());
     }
     stop_relay(b, "B", &mut problems).await;
 
-    let (taken_over, first_takeover) = takeovers(&s.db.pool, a_id, b_id).await;
-    match first_takeover {
+    let takeover = Takeover::read(&s.db.pool, a_id, b_id).await;
+    match takeover.first {
         Some(at) if at > stopped_at && at < continued_at => {}
         other => problems.push(format!(
             "B did not take A's leases while A was stopped ({stopped_at} .. {continued_at}): \
              first takeover {other:?}"
         )),
     }
-    let a_marks_after = match first_takeover {
-        Some(at) => marks_after(&s.db.pool, a_id, at).await,
-        None => -1,
-    };
     let a_marks_before_rebalance: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM fence_audit_mark
          WHERE app = $1 AND at > $2
@@ -1279,33 +1076,27 @@ async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_
     .fetch_one(&s.db.pool)
     .await
     .unwrap();
-    let by_app = marks_by_app(&s.db.pool).await;
-    let losses = loss_events(&s.db.pool).await;
-    let stale = check_marks(&s, a_id, &mut problems).await;
-    let a_log = a.log();
-    let desync = check_sync(&a_log, &mut problems);
+    let (tally, a_log) = s
+        .conclude(&committed, &consumed, a_id, || a.log(), &mut problems)
+        .await;
     // Deterministic: A's first lease maintenance after SIGCONT finds the
     // shards it held taken by B.
     if log_lines(&a_log, "lease lapsed", None) == 0 {
         problems.push("A did not log that its lease lapsed and its shards were taken".into());
     }
-    s.tear_down().await;
-
-    let tally = Tally::of(&committed, &consumed, stale);
     tally.report(
         "sigstop_past_ttl",
         &format!(
-            "losses={losses} desync_lines={desync} pending_at_stop={pending_at_stop} consumed_when_b_held_all={consumed_when_b_held_all} \
-             leases_taken_by_b={taken_over} a_marks_after_first_takeover={a_marks_after} \
+            "pending_at_stop={pending_at_stop} consumed_when_b_held_all={consumed_when_b_held_all} \
+             leases_taken_by_b={} a_marks_after_first_takeover={} \
              a_marks_after_cont_before_reacquiring={a_marks_before_rebalance} a_{}",
+            takeover.count,
+            takeover.a_marks_after,
             notices(&a_log, None),
         ),
+        &a_log,
     );
-    println!(
-        "marks by application_name: {by_app}\nrelay warnings:\n{}",
-        notable(&a_log, 20)
-    );
-    problems.extend(tally.problems(BATCH, losses));
+    problems.extend(tally.problems(BATCH));
     assert!(
         problems.is_empty(),
         "SIGSTOP past the TTL:\n- {}\n--- relay A's log ---\n{a_log}",

@@ -64,9 +64,7 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
                 content: "fine".into(),
             })
             .collect();
-        let mut tx = s.outbox.transactional_publish().await.unwrap();
-        tx.publish_all(&events).await.unwrap();
-        tx.commit().await.unwrap();
+        fixtures::commit_all(&s.outbox, &events).await;
     }
 
     collector.wait_for(200, Duration::from_secs(60)).await;
@@ -192,7 +190,7 @@ async fn failure_holds_back_its_aggregate_in_a_fresh_claim_made_before_it_is_mar
     let bootstrap = support::bootstrap_servers();
     let s = fixtures::scenario("fresh", &bootstrap, 2).await;
     let collector = support::Collector::start(&bootstrap, &s.topics);
-    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 50).await;
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 50, 1).await;
 
     let event = |id: &str, seq: i64, content: String| EssayUploadedV1 {
         essay_id: id.into(),
@@ -282,7 +280,7 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
     }
     tx.commit().await.unwrap();
 
-    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 10).await;
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 10, 1).await;
 
     let delivered = collector.wait_for(others, Duration::from_secs(60)).await;
     let t = fixtures::report(&format!("hold_back_{name}"), others, &delivered);
@@ -371,19 +369,9 @@ async fn a_failure_cleared_during_a_backlog_lets_its_aggregate_follow_in_order()
             }
         })
         .collect();
-    let mut tx = s.outbox.transactional_publish().await.unwrap();
-    tx.publish_all(&events).await.unwrap();
-    tx.commit().await.unwrap();
+    fixtures::commit_all(&s.outbox, &events).await;
 
-    let mut kafka = fixtures::kafka(&bootstrap);
-    kafka.set("message.max.bytes", "50000");
-    let mut config = fixtures::relay_config(&s.prefix);
-    config.batch_size = 20;
-    config.max_retries = 1_000;
-    let handle = Relay::new(s.db.pool.clone(), kafka, config)
-        .await
-        .unwrap()
-        .spawn();
+    let handle = fixtures::spawn_strict_relay(&s, &bootstrap, 20, 1_000).await;
     // The oversized event failed once: fix it, as an operator would.
     let failed = eventually(
         &s.db.pool,
@@ -400,11 +388,7 @@ async fn a_failure_cleared_during_a_backlog_lets_its_aggregate_follow_in_order()
     .execute(&s.db.pool)
     .await
     .unwrap();
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE state = 'pending'")
-            .fetch_one(&s.db.pool)
-            .await
-            .unwrap();
+    let pending = fixtures::pending_rows(&s.db.pool).await;
     assert!(
         pending > (EVENTS / 4) as i64,
         "the backlog is still draining when the failure is fixed ({pending} pending)"

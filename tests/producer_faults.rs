@@ -33,11 +33,12 @@ mod fixtures;
 mod mock_broker;
 mod support;
 
+use fixtures::tallies::{all_arrived, first_copies, print_tally_line, Delivery};
 use mock_broker::{MockKafka, PartitionReader};
 use outbox::{Outbox, OutboxEvent, Relay, RelayHandle, RelayStats, Retention};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr as RespErr};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use support::Received;
 
@@ -316,17 +317,12 @@ async fn run(name: &str, fault: Fault, blame: Blame) {
             Vec::new()
         }
     };
-    let expected: HashSet<&str> = committed.iter().map(String::as_str).collect();
-    let all_arrived = |messages: &[Received]| {
-        let seen: HashSet<&str> = messages.iter().filter_map(event_id).collect();
-        expected.iter().all(|id| seen.contains(id))
-    };
+    let arrived = all_arrived(&committed);
     // A dead event is never retried by itself: waiting on is pointless.
     let counters = relay.counters();
-    let arrived_or_dead =
-        |messages: &[Received]| all_arrived(messages) || counters.snapshot().dead > 0;
+    let arrived_or_dead = |messages: &[Received]| arrived(messages) || counters.snapshot().dead > 0;
     match reader.wait_until(DELIVERED_WITHIN, arrived_or_dead).await {
-        Ok(messages) if all_arrived(&messages) => {}
+        Ok(messages) if arrived(&messages) => {}
         Ok(_) => {
             problems.push("stopped waiting for delivery once the relay had made events dead".into())
         }
@@ -432,29 +428,15 @@ async fn write_events(outbox: Outbox) -> Vec<String> {
                 })
             })
             .collect();
-        let mut tx = outbox.transactional_publish().await.unwrap();
-        let published = tx.publish_all(&events).await.unwrap();
-        tx.commit().await.unwrap();
+        let published = fixtures::commit_all(&outbox, &events).await;
         ids.extend(published.iter().map(ToString::to_string));
     }
     ids
 }
 
-fn event_id(m: &Received) -> Option<&str> {
-    m.headers.get("event_id").map(String::as_str)
-}
-
 /// What a scenario delivered, and what the relay counted.
 struct Tally {
-    committed: usize,
-    /// Committed events consumed at least once.
-    delivered: usize,
-    /// The committed events never consumed.
-    missing: Vec<String>,
-    duplicates: usize,
-    /// First copies whose sequence number is not above the previous first
-    /// copy's of their aggregate.
-    order_violations: usize,
+    delivery: Delivery,
     /// Events whose first copy came after a later event of their aggregate.
     overtaken: usize,
     /// The first few overtaken events: (aggregate, seq, latest seq before it).
@@ -472,22 +454,9 @@ impl Tally {
         dead_rows: i64,
         stats: RelayStats,
     ) -> Tally {
-        let order = fixtures::tally(consumed);
-        let seen: HashSet<&str> = consumed.iter().filter_map(event_id).collect();
-        let missing: Vec<String> = committed
-            .iter()
-            .filter(|id| !seen.contains(id.as_str()))
-            .cloned()
-            .collect();
-        let mut first_copies = HashSet::new();
         let mut latest: HashMap<String, i64> = HashMap::new();
         let (mut overtaken, mut overtaken_examples) = (0, Vec::new());
-        for m in consumed {
-            if !first_copies.insert(event_id(m).unwrap_or_default()) {
-                continue;
-            }
-            let aggregate = m.key.clone().unwrap_or_default();
-            let seq = m.payload["data"]["seq"].as_i64().unwrap_or(-1);
+        for (aggregate, seq) in first_copies(consumed) {
             let latest = latest.entry(aggregate.clone()).or_insert(-1);
             if seq < *latest {
                 overtaken += 1;
@@ -499,11 +468,7 @@ impl Tally {
             }
         }
         Tally {
-            committed: committed.len(),
-            delivered: committed.len() - missing.len(),
-            missing,
-            duplicates: consumed.len() - seen.len(),
-            order_violations: order.order_violations,
+            delivery: Delivery::of(committed, consumed),
             overtaken,
             overtaken_examples,
             counted_rows,
@@ -514,14 +479,10 @@ impl Tally {
 
     /// Prints the tally line (and appends it to `OUTBOX_TALLY_FILE`).
     fn report(&self, name: &str) {
-        let line = format!(
-            "scenario=producer_fault_{name} committed={} delivered={} duplicates={} \
-             order_violations={} overtaken={} counted_failures={} dead={} \
+        print_tally_line(&format!(
+            "{} overtaken={} counted_failures={} dead={} \
              relay_retried={} relay_dead={} relay_errors={} relay_batches={}",
-            self.committed,
-            self.delivered,
-            self.duplicates,
-            self.order_violations,
+            self.delivery.tally_line(&format!("producer_fault_{name}")),
             self.overtaken,
             self.counted_rows,
             self.dead_rows,
@@ -529,43 +490,25 @@ impl Tally {
             self.stats.dead,
             self.stats.errors,
             self.stats.batches,
-        );
-        println!("{line}");
-        if let Ok(path) = std::env::var("OUTBOX_TALLY_FILE") {
-            use std::io::Write;
-            if let Ok(mut file) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = writeln!(file, "{line}");
-            }
-        }
+        ));
     }
 
     /// The checks `blame` calls for that failed; with [`Blame::Events`], at
     /// most `refused` events may be counted.
     fn problems(&self, blame: Blame, refused: usize) -> Vec<String> {
         let mut problems = Vec::new();
-        if !self.missing.is_empty() {
-            problems.push(format!(
-                "{} of {} committed events never arrived (e.g. {:?})",
-                self.missing.len(),
-                self.committed,
-                &self.missing[..self.missing.len().min(3)]
-            ));
-        }
-        if self.order_violations > 0 || self.overtaken > 0 {
+        problems.extend(self.delivery.missing_problem());
+        if self.delivery.order_violations > 0 || self.overtaken > 0 {
             problems.push(format!(
                 "{} order violations; {} events arrived (first copy) after a later event of \
                  their aggregate, e.g. (aggregate, seq, after seq) {:?}",
-                self.order_violations, self.overtaken, self.overtaken_examples
+                self.delivery.order_violations, self.overtaken, self.overtaken_examples
             ));
         }
-        if self.duplicates > DUPLICATES_AT_MOST {
+        if self.delivery.duplicates > DUPLICATES_AT_MOST {
             problems.push(format!(
                 "{} duplicates, more than {DUPLICATES_AT_MOST} (two batches)",
-                self.duplicates
+                self.delivery.duplicates
             ));
         }
         if self.dead_rows > 0 || self.stats.dead > 0 {

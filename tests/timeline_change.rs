@@ -26,13 +26,13 @@
 //! mock cluster as the broker.
 
 mod fixtures;
+mod mock_broker;
 mod support;
 
 use outbox::{Outbox, OutboxEvent, Relay};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -197,20 +197,15 @@ type Arrivals = Arc<Mutex<Vec<(Tick, Instant)>>>;
 
 /// Reads every partition of `topic` from the beginning (no consumer group).
 fn read_all(bootstrap: &str, topic: &str) -> (Arrivals, tokio::task::JoinHandle<()>) {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("timeline-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = mock_broker::assigned_from_beginning(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("timeline-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "50"),
+        &[topic.to_owned()],
+        PARTITIONS,
+    );
     let received: Arrivals = Arc::default();
     let sink = received.clone();
     let task = tokio::spawn(async move {

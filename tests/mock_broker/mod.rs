@@ -8,13 +8,13 @@
 //! without one. Its brokers have ids `1..=brokers`.
 #![allow(dead_code)]
 
-use crate::support::Received;
+use crate::support::{received_from, Received};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,27 @@ impl MockKafka {
     }
 }
 
+/// A consumer made with `config`, assigned partitions `0..partitions` of
+/// each of `topics` from their beginning: it takes no part in a consumer
+/// group, so no coordinator is needed.
+pub fn assigned_from_beginning(
+    config: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+) -> StreamConsumer {
+    let consumer: StreamConsumer = config.create().expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assignment");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
 /// A consumer reading every partition of some topics from the beginning,
 /// with no consumer group (so no coordinator is needed while brokers are
 /// down). A message read again at an offset already read is ignored: what
@@ -64,24 +85,17 @@ pub struct PartitionReader {
 
 impl PartitionReader {
     pub fn start(bootstrap: &str, topics: &[String], partitions: i32) -> PartitionReader {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "100")
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .set("reconnect.backoff.max.ms", "500")
-            .create()
-            .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for topic in topics {
-            for p in 0..partitions {
-                assignment
-                    .add_partition_offset(topic, p, Offset::Beginning)
-                    .expect("assignment");
-            }
-        }
-        consumer.assign(&assignment).expect("assign");
+        let consumer = assigned_from_beginning(
+            ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "100")
+                .set("topic.metadata.refresh.interval.ms", "1000")
+                .set("reconnect.backoff.max.ms", "500"),
+            topics,
+            partitions,
+        );
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let sink = received.clone();
         let task = tokio::spawn(async move {
@@ -161,30 +175,5 @@ impl PartitionReader {
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
-    }
-}
-
-fn received_from(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
-    let mut headers = BTreeMap::new();
-    if let Some(h) = m.headers() {
-        for header in h.iter() {
-            let value = header
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            headers.insert(header.key.to_owned(), value);
-        }
-    }
-    let payload = m
-        .payload()
-        .and_then(|p| serde_json::from_slice(p).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Received {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        headers,
-        payload,
     }
 }

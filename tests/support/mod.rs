@@ -5,7 +5,7 @@
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -165,6 +165,37 @@ pub struct Received {
     pub payload: serde_json::Value,
 }
 
+/// A consumed message as [`Received`]: its headers as text, its payload as
+/// JSON (a payload that is not JSON as a JSON string, none as `null`).
+pub fn received_from(m: &BorrowedMessage<'_>) -> Received {
+    let mut headers = BTreeMap::new();
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            let value = header
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            headers.insert(header.key.to_owned(), value);
+        }
+    }
+    let payload = m
+        .payload()
+        .map(|p| {
+            serde_json::from_slice(p).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(p).into_owned())
+            })
+        })
+        .unwrap_or(serde_json::Value::Null);
+    Received {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        payload,
+    }
+}
+
 /// The longest [`Collector::settle`] waits for the stream to go quiet.
 pub const SETTLE_AT_MOST: Duration = Duration::from_secs(300);
 
@@ -277,34 +308,7 @@ impl Collector {
                         if placement == Placement::Seen {
                             continue;
                         }
-                        let mut headers = BTreeMap::new();
-                        if let Some(h) = m.headers() {
-                            for header in h.iter() {
-                                let value = header
-                                    .value
-                                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                                    .unwrap_or_default();
-                                headers.insert(header.key.to_owned(), value);
-                            }
-                        }
-                        let payload = m
-                            .payload()
-                            .map(|p| {
-                                serde_json::from_slice(p).unwrap_or_else(|_| {
-                                    serde_json::Value::String(
-                                        String::from_utf8_lossy(p).into_owned(),
-                                    )
-                                })
-                            })
-                            .unwrap_or(serde_json::Value::Null);
-                        let r = Received {
-                            topic: m.topic().to_owned(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                            headers,
-                            payload,
-                        };
+                        let r = received_from(&m);
                         let mut sink = sink.lock().unwrap();
                         match placement {
                             // A skipped message, read again: before the
