@@ -156,7 +156,9 @@ impl<B: Broker> Worker<B> {
                 continue;
             }
             if !self.leases.usable() {
-                // A lapsed lease: what was claimed under it is not used.
+                // A lapsed lease: what was claimed under it is not used. (A
+                // batch claimed ahead under other shards or epochs is also
+                // refused where it is taken, `Prefetched::into_batch`.)
                 self.prefetched = None;
             }
             self.wakeups.connect(&self.pool).await;
@@ -207,8 +209,9 @@ impl<B: Broker> Worker<B> {
     }
 
     /// Renews the leases and rebalances; says whether the loop goes on to a
-    /// batch. Shards may move, so no outcome is left unwritten first, and
-    /// what was claimed under a lease that did not hold is dropped.
+    /// batch. Shards may move, so no outcome is left unwritten first; what
+    /// was claimed ahead under a lease that did not hold is dropped (after a
+    /// failed renewal here, otherwise by its fence).
     async fn maintain_leases(&mut self) -> bool {
         self.flush_unrecorded().await;
         match self.leases.maintain(&self.pool).await {
@@ -218,7 +221,6 @@ impl<B: Broker> Worker<B> {
                     instance_id = %self.instance_id,
                     "outbox relay's lease lapsed and another instance took some of its shards"
                 );
-                self.prefetched = None;
                 true
             }
             Err(error) => {
@@ -455,12 +457,11 @@ impl<B: Broker> Worker<B> {
             }
         } else {
             match next {
-                // Not kept past a lease this round found lapsed.
-                Some(Ok(Ok(prefetched))) if self.leases.usable() => {
+                Some(Ok(Ok(prefetched))) => {
                     next_claim_ms = Some(prefetched.claim_ms());
                     self.prefetched = Some(prefetched);
                 }
-                Some(Ok(Ok(_))) | None => {}
+                None => {}
                 Some(Ok(Err(error))) => {
                     // The next round claims afresh and reports a lasting error.
                     tracing::debug!(%error, "outbox relay could not claim ahead");
@@ -507,7 +508,8 @@ impl<B: Broker> Worker<B> {
     /// Marks that touched fewer rows than they named: the shards' leases are
     /// no longer this instance's at the epoch the batch was claimed under
     /// (another instance took them after this one's lease lapsed). The
-    /// leases are checked again before the next batch.
+    /// leases are checked again before the next batch, which drops anything
+    /// claimed ahead under the old ones.
     fn refused_marks(&mut self, recorded: Recorded) {
         if recorded.refused == 0 {
             return;
@@ -518,10 +520,9 @@ impl<B: Broker> Worker<B> {
             "outbox relay's marks were refused: it no longer holds the lease of these rows' shards; their new owner delivers them"
         );
         self.leases.invalidate();
-        self.prefetched = None;
     }
 
-    /// Writes the outcome of the batch settled last, if it is not written
+    /// Writes the outcome of the batch produced last, if it is not written
     /// yet. A write that fails for good leaves its rows `pending`: they are
     /// delivered again (duplicates, never loss); `record` logged why.
     async fn flush_unrecorded(&mut self) {
