@@ -1,4 +1,4 @@
-//! The pilot service: a File Service whose uploads and removals commit
+//! The File Service example: a File Service whose uploads and removals commit
 //! together with their events, delivered to Kafka by an in-process relay.
 //!
 //! ```text

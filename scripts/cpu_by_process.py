@@ -16,7 +16,7 @@ seconds spent machine-wide and by each group (`other`: everything else on
 the machine, which should be near zero). With two cores a 1 s window
 holds at most 2 CPU seconds; `idle` is what was left unused.
 
-Used for docs/benchmarks.md §6 (relay_scaling):
+Used to see where relay_scaling's CPU goes:
 
     scripts/cpu_by_process.py sample /tmp/cpu.log & SAMPLER=$!
     scripts/bench.sh relay_scaling; kill $SAMPLER

@@ -225,9 +225,8 @@ async fn a_relay_idle_on_an_empty_table_drains_a_sudden_backlog() {
 /// lower `seq` and commits while a backlog drains is delivered during the
 /// drain, not after it. A writer keeps the backlog growing several times
 /// faster than a relay with batches of 2 drains it, so every batch is full
-/// and claimed ahead. With claims ahead that started after the batch in
-/// flight and no claim from the start (tried on 2026-11-27, see
-/// docs/benchmarks.md §5) this test failed after 40 s.
+/// and claimed ahead. With claims ahead that start above the batch in
+/// flight and no claim from the start, this test fails after 40 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_below_a_draining_backlog_is_delivered_during_the_drain() {
     /// The writer stops after this long whatever happens.

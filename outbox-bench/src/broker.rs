@@ -2,7 +2,7 @@
 //!
 //! Tansu's in-memory storage slows down as it fills, across topics, so a
 //! measurement run after another one on the same broker measures the
-//! broker's history too (docs/benchmarks.md §4). So when `scripts/bench.sh`
+//! broker's history too. So when `scripts/bench.sh`
 //! hands over the Tansu binary (`OUTBOX_BENCH_TANSU`), every part asks for
 //! a broker here and gets a fresh one: a scenario, each latency path, each
 //! drain. With a broker of the user's (`KAFKA_BOOTSTRAP_SERVERS`, e.g. a

@@ -124,7 +124,7 @@ pub async fn load_backlog(pool: &PgPool, n: i64, aggregates: i64) -> Result<(), 
 /// (10,000 rows analyzed, then deleted and vacuumed). Without them the
 /// planner takes a freshly committed backlog for a few rows and claims with a
 /// scan of every pending row and a sort (150 ms a claim at 100,000 rows
-/// instead of ~1 ms; see docs/benchmarks.md §6).
+/// instead of ~1 ms).
 pub async fn prime_statistics(pool: &PgPool) -> Result<(), BoxError> {
     insert_backlog(pool, 10_000, 1_000).await?;
     sqlx::query("ANALYZE event_outbox").execute(pool).await?;

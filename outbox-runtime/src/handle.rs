@@ -237,7 +237,7 @@ impl Outbox {
 
 /// Binds one event's values as `$1`…`$9` of the single-row insert: plain
 /// values, not one-element arrays (about 0.1 ms less per transaction at
-/// 8 writers on 2 cores, docs/benchmarks.md §2).
+/// 8 writers on 2 cores, `publish_overhead`).
 fn bind_row(query: Query<'_, Postgres, PgArguments>, row: Row) -> Query<'_, Postgres, PgArguments> {
     query
         .bind(row.id)
