@@ -6,12 +6,14 @@
 //! and the consumer skips its effects. Because the record and the effects
 //! commit together, a crash anywhere leaves either both or neither.
 //!
-//! The [consumer loop](crate::consume::Consumer) does this for you; use
-//! [`Inbox`] directly when you consume with your own loop.
+//! The [consumer loop](crate::consume::Consumer) does this for you, for a
+//! whole batch of messages at once ([`Inbox::record_many`]); use [`Inbox`]
+//! directly when you consume with your own loop.
 
 use crate::consume::MessageLocation;
 use crate::identifier::SchemaName;
 use sqlx::{PgConnection, PgPool};
+use std::collections::HashSet;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -47,10 +49,21 @@ fn db(action: &'static str) -> impl FnOnce(sqlx::Error) -> InboxError {
     move |source| InboxError::Database { action, source }
 }
 
+/// One event to record with [`Inbox::record_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct InboxEntry<'a> {
+    /// The event id (the inbox key).
+    pub event_id: Uuid,
+    /// The event type, kept for operators.
+    pub event_type: &'a str,
+    /// Where the message was read, kept for operators.
+    pub location: Option<&'a MessageLocation>,
+}
+
 /// One consumer's view of the `event_inbox` table.
 ///
 /// ```no_run
-/// use outbox::inbox::{Inbox, InboxOutcome};
+/// use outbox::consume::{Inbox, InboxOutcome};
 /// use outbox::Outbox;
 /// use uuid::Uuid;
 ///
@@ -144,6 +157,88 @@ impl Inbox {
         Ok(outcome)
     }
 
+    /// Records many events in one statement inside the caller's
+    /// transaction; the outcomes are in the order of `entries`.
+    ///
+    /// An event id given twice is [`New`](InboxOutcome::New) the first
+    /// time and [`AlreadyProcessed`](InboxOutcome::AlreadyProcessed) after,
+    /// as if recorded one by one. Concurrent transactions recording the same
+    /// events behave as with [`record`](Self::record).
+    ///
+    /// ```no_run
+    /// use outbox::consume::{Inbox, InboxEntry, InboxOutcome};
+    /// use uuid::Uuid;
+    ///
+    /// # async fn run(outbox: outbox::Outbox, ids: Vec<Uuid>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let inbox = Inbox::new("cj_assessment_service");
+    /// let mut tx = outbox.transactional_publish().await?;
+    /// let entries: Vec<InboxEntry<'_>> = ids
+    ///     .iter()
+    ///     .map(|id| InboxEntry { event_id: *id, event_type: "SpellcheckCompletedV1", location: None })
+    ///     .collect();
+    /// let outcomes = inbox.record_many(&mut tx, &entries).await?;
+    /// let new = outcomes.iter().filter(|o| **o == InboxOutcome::New).count();
+    /// // ... apply the effects of the new ones, then:
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn record_many(
+        &self,
+        conn: &mut PgConnection,
+        entries: &[InboxEntry<'_>],
+    ) -> Result<Vec<InboxOutcome>, InboxError> {
+        let mut first: HashSet<Uuid> = HashSet::with_capacity(entries.len());
+        let unique: Vec<&InboxEntry<'_>> = entries
+            .iter()
+            .filter(|e| first.insert(e.event_id))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} (consumer, event_id, event_type, topic, kafka_partition, kafka_offset)
+             SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::int8[])
+             ON CONFLICT (consumer, event_id) DO NOTHING
+             RETURNING event_id",
+            self.table
+        );
+        let inserted: Vec<Uuid> = sqlx::query_scalar(&sql)
+            .bind(&self.consumer)
+            .bind(unique.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(unique.iter().map(|e| e.event_type).collect::<Vec<_>>())
+            .bind(
+                unique
+                    .iter()
+                    .map(|e| e.location.map(|l| l.topic.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                unique
+                    .iter()
+                    .map(|e| e.location.map(|l| l.partition))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                unique
+                    .iter()
+                    .map(|e| e.location.map(|l| l.offset))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(conn)
+            .await
+            .map_err(db("recording a batch of events in the inbox"))?;
+        let mut new: HashSet<Uuid> = inserted.into_iter().collect();
+        let outcomes: Vec<InboxOutcome> = entries
+            .iter()
+            .map(|e| {
+                if new.remove(&e.event_id) {
+                    InboxOutcome::New
+                } else {
+                    InboxOutcome::AlreadyProcessed
+                }
+            })
+            .collect();
+        tracing::trace!(consumer = %self.consumer, events = entries.len(), new = outcomes.iter().filter(|o| **o == InboxOutcome::New).count(), "inbox batch record");
+        Ok(outcomes)
+    }
+
     /// Whether `event_id` is recorded for this consumer (committed rows, or
     /// rows of the caller's own transaction).
     pub async fn contains(
@@ -173,9 +268,9 @@ impl Inbox {
     /// offset resets).
     ///
     /// ```no_run
-    /// # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::inbox::InboxError> {
+    /// # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::consume::InboxError> {
     /// use std::time::Duration;
-    /// let inbox = outbox::inbox::Inbox::new("cj_assessment_service");
+    /// let inbox = outbox::consume::Inbox::new("cj_assessment_service");
     /// let deleted = inbox.purge_older_than(&pool, Duration::from_secs(7 * 86_400), 1_000).await?;
     /// # Ok(()) }
     /// ```

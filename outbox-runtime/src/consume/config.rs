@@ -43,6 +43,17 @@ impl Default for DeadLetterTopic {
 ///            "essay.spellcheck.completed.v1.dlq");
 /// assert_eq!(config.inbox.as_ref().map(|i| i.consumer()), Some("cj_assessment_service"));
 /// assert_eq!(config.inbox_retention, Some(Duration::from_secs(7 * 24 * 3600)));
+/// assert_eq!(config.batch_size, 500);
+/// assert_eq!(config.group_instance_id, None);
+///
+/// // Static membership: a restarted pod takes its partitions back at once.
+/// let config = ConsumerConfig {
+///     group_instance_id: Some("cj-assessment-0".into()),
+///     ..ConsumerConfig::new("cj_assessment_service")
+/// };
+/// assert!(config.validate().is_ok());
+/// let zero = ConsumerConfig { batch_size: 0, ..ConsumerConfig::new("g") };
+/// assert!(zero.validate().unwrap_err().to_string().contains("batch_size"));
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -75,6 +86,21 @@ pub struct ConsumerConfig {
     pub inbox_purge_interval: Duration,
     /// Rows deleted per purge statement (default 1,000).
     pub inbox_purge_batch: u32,
+    /// Most messages of one partition handled in one transaction
+    /// (default 500; 1 handles each message in its own transaction).
+    pub batch_size: usize,
+    /// How long a partition's worker waits for more messages once it has
+    /// one, before handling what it has (default 5 ms; zero takes only
+    /// what is already there).
+    pub batch_wait: Duration,
+    /// Most partitions handled at the same time, each in its own
+    /// transaction (default 8). Keep it at or below the pool's connections.
+    pub max_partitions_in_flight: usize,
+    /// Static group membership (`group.instance.id`), e.g. the pod name:
+    /// a member restarted within the session timeout gets its partitions
+    /// back without a rebalance (default `None`: dynamic membership). Each
+    /// live member needs its own id.
+    pub group_instance_id: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -93,6 +119,10 @@ impl ConsumerConfig {
             inbox_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             inbox_purge_interval: Duration::from_secs(600),
             inbox_purge_batch: 1_000,
+            batch_size: 500,
+            batch_wait: Duration::from_millis(5),
+            max_partitions_in_flight: 8,
+            group_instance_id: None,
         }
     }
 
@@ -125,6 +155,25 @@ impl ConsumerConfig {
                 });
             }
         }
+        if self.batch_size == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "batch_size",
+                reason: "a batch of 0 messages would never handle anything; use 1 for one \
+                         transaction per message, or e.g. 500"
+                    .into(),
+            });
+        }
+        if self.max_partitions_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "max_partitions_in_flight",
+                reason: "0 partitions in flight would never handle anything; use at least 1 \
+                         (at most the database pool's connections)"
+                    .into(),
+            });
+        }
+        if let Some(id) = &self.group_instance_id {
+            check_instance_id(id)?;
+        }
         for topic in &self.topics {
             check_topic("topics", topic)?;
             check_topic("dead_letter", &self.dead_letter.for_topic(topic))?;
@@ -138,6 +187,26 @@ pub(crate) fn check_topic(setting: &'static str, topic: &str) -> Result<(), Conf
         setting,
         reason: format!("`{topic}`: {reason}"),
     })
+}
+
+/// The broker's rules for `group.instance.id`: 1 to 249 characters from
+/// `[a-zA-Z0-9._-]`.
+fn check_instance_id(id: &str) -> Result<(), ConfigError> {
+    let valid = (1..=249).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            setting: "group_instance_id",
+            reason: format!(
+                "`{id}` is not a valid group instance id: use 1 to 249 characters from \
+                 [a-zA-Z0-9._-], e.g. the pod name"
+            ),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +229,24 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("bad topic"));
         c.topics = vec!["good.topic".into()];
         assert_eq!(c.validate(), Ok(()));
+        for (setting, broken) in [
+            ("batch_size", ConsumerConfig { batch_size: 0, ..c.clone() }),
+            (
+                "max_partitions_in_flight",
+                ConsumerConfig { max_partitions_in_flight: 0, ..c.clone() },
+            ),
+            (
+                "group_instance_id",
+                ConsumerConfig { group_instance_id: Some("pod 0".into()), ..c.clone() },
+            ),
+            (
+                "group_instance_id",
+                ConsumerConfig { group_instance_id: Some(String::new()), ..c.clone() },
+            ),
+        ] {
+            let text = broken.validate().unwrap_err().to_string();
+            assert!(text.contains(setting), "{text}");
+        }
         assert_eq!(c.dead_letter.for_topic("x"), "all.dlq");
     }
 }

@@ -131,10 +131,10 @@ impl RawMessage for OwnedMessage {
 ///   "correlation_id":"5b0c1f9e-2a4d-4e8f-9c3b-7d6e5f4a3b2c",
 ///   "aggregate_type":"essay","aggregate_id":"e-1",
 ///   "data":{"essay_id":"e-1","errors":3}}"#;
-/// let envelope: Envelope<SpellcheckCompletedV1> = outbox::decode(&value[..]).unwrap();
+/// let envelope: Envelope<SpellcheckCompletedV1> = outbox::consume::decode(&value[..]).unwrap();
 /// assert_eq!(envelope.data.errors, 3);
 ///
-/// let err = outbox::decode::<SpellcheckCompletedV1>(&b"not json"[..]).unwrap_err();
+/// let err = outbox::consume::decode::<SpellcheckCompletedV1>(&b"not json"[..]).unwrap_err();
 /// assert!(matches!(err, ConsumeError::MalformedEnvelope { .. }));
 /// ```
 pub fn decode<T>(message: &(impl RawMessage + ?Sized)) -> Result<Envelope<T>, ConsumeError>

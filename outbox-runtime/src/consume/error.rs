@@ -8,7 +8,7 @@ use uuid::Uuid;
 /// The error a handler returns: any error type, boxed.
 ///
 /// `?` converts `sqlx::Error`, [`PublishError`](crate::PublishError),
-/// [`InboxError`](crate::inbox::InboxError) and your own error types into it.
+/// [`InboxError`](crate::InboxError) and your own error types into it.
 /// Wrap an error in [`Permanent`] to skip the remaining retries and send the
 /// message to the dead-letter topic at once.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -308,6 +308,31 @@ pub enum ConsumerError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// Another live member of the group joined with this consumer's
+    /// `group.instance.id`; the broker fenced this one out.
+    #[error(
+        "another member of consumer group `{group_id}` uses group instance id \
+         `{group_instance_id}`, so the broker fenced this consumer; give each live member its \
+         own `ConsumerConfig::group_instance_id` (e.g. the pod name), or none for dynamic \
+         membership"
+    )]
+    FencedInstance {
+        /// The consumer group.
+        group_id: String,
+        /// The instance id two members used.
+        group_instance_id: String,
+    },
+    /// librdkafka declared the consumer unusable.
+    #[error(
+        "the Kafka consumer of group `{group_id}` failed fatally: {reason}; restart the \
+         service (uncommitted messages are redelivered and skipped by the inbox)"
+    )]
+    Fatal {
+        /// The consumer group.
+        group_id: String,
+        /// librdkafka's reason.
+        reason: String,
+    },
     /// The consumer task panicked or was aborted.
     #[error("the consumer task ended abnormally: {0}")]
     Task(String),
@@ -343,6 +368,17 @@ mod tests {
             err.to_string().starts_with("message is not a valid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_fenced_instance_names_the_id_and_the_fix() {
+        let err = ConsumerError::FencedInstance {
+            group_id: "scorer".into(),
+            group_instance_id: "pod-0".into(),
+        };
+        let text = err.to_string();
+        assert!(text.contains("`pod-0`") && text.contains("`scorer`"), "{text}");
+        assert!(text.contains("group_instance_id"), "{text}");
     }
 
     #[test]

@@ -1,48 +1,40 @@
-//! The consumer loop: decode, handle in one transaction with the inbox
-//! record, commit the offset only after that transaction committed.
+//! The consumer: a fan-out loop that receives from Kafka and hands each
+//! partition's messages to that partition's worker.
 
+use super::client::{consumer_config, producer_config, LoopContext, Revocations};
 use super::config::{check_topic, ConsumerConfig};
-use super::dead_letter::dead_letter_headers;
-use super::dispatch::{DecodedEvent, Dispatcher, EventInfo};
-use super::error::{ConsumeError, ConsumerError, HandlerError, Permanent};
+use super::dead_letter::DeadLetters;
+use super::dispatch::{Dispatcher, EventInfo};
+use super::error::ConsumerError;
+use super::handling::{FaultHook, Handling};
+use super::metrics::ConsumerMetrics;
+use super::pace::{sleep_or_shutdown, wait_for_shutdown};
+use super::partition::{KafkaConsumer, PartitionQueue, WorkerEnv, WorkerTask};
 use super::stats::{ConsumerCounters, ConsumerStats, Counter};
-use crate::context::PublishContext;
-use crate::error::ConfigError;
-use crate::handle::Outbox;
-use crate::inbox::InboxOutcome;
-use crate::registry;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::{registry, Outbox};
 use futures::future::BoxFuture;
-use futures::FutureExt;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, TopicPartitionList};
-use std::panic::AssertUnwindSafe;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::Instrument;
-
-/// Settings the loop enforces on the Kafka consumer for its guarantee.
-const REQUIRED: [(&str, &str); 2] = [
-    ("enable.auto.commit", "false"),
-    ("enable.auto.offset.store", "false"),
-];
-
-type FaultHook = Arc<dyn Fn(&EventInfo) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A consumer loop on rdkafka's `StreamConsumer`, checked and subscribed.
 ///
-/// For each message, in order: decode it with the [`Dispatcher`]; begin a
-/// [`TransactionalPublish`](crate::TransactionalPublish) (carrying the
-/// event's correlation id and trace context); record the event in the
-/// [inbox](crate::inbox) (a redelivery is skipped here); run the handler;
-/// commit; only then store and commit the Kafka offset. See
+/// Each assigned partition has a worker task; the partitions are handled in
+/// parallel (at most [`ConsumerConfig::max_partitions_in_flight`] at once),
+/// each in order. A worker takes up to [`ConsumerConfig::batch_size`]
+/// messages of its partition, decodes them with the [`Dispatcher`], records
+/// them in the [inbox](crate::Inbox) with one statement inside one
+/// [`TransactionalPublish`](crate::TransactionalPublish) (redeliveries are
+/// skipped there), runs the handlers of the new ones in partition order,
+/// commits, and only then stores and commits the partition's offset. See
 /// [the module documentation](crate::consume) for failures, retries and the
 /// dead-letter topic.
 ///
@@ -82,12 +74,13 @@ type FaultHook = Arc<dyn Fn(&EventInfo) -> BoxFuture<'static, ()> + Send + Sync>
 /// ```
 pub struct Consumer {
     outbox: Outbox,
-    consumer: StreamConsumer<LoopContext>,
+    consumer: KafkaConsumer,
     producer: FutureProducer,
     dispatcher: Dispatcher,
-    config: ConsumerConfig,
+    config: Arc<ConsumerConfig>,
     topics: Vec<String>,
     counters: Arc<ConsumerCounters>,
+    revocations: Arc<Revocations>,
     after_db_commit: Option<FaultHook>,
 }
 
@@ -101,52 +94,14 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-fn consumer_config(client: &ClientConfig, group_id: &str) -> Result<ClientConfig, ConfigError> {
-    let mut cc = client.clone();
-    for (key, want) in REQUIRED {
-        if let Some(value) = cc.get(key) {
-            if value != want {
-                return Err(ConfigError::Invalid {
-                    setting: key,
-                    reason: format!(
-                        "the consumer loop requires {key}={want} so offsets are committed only \
-                         after the handler's transaction; remove the override {key}={value}"
-                    ),
-                });
-            }
-        }
-        cc.set(key, want);
-    }
-    cc.set("group.id", group_id);
-    if cc.get("auto.offset.reset").is_none() {
-        cc.set("auto.offset.reset", "earliest");
-    }
-    Ok(cc)
-}
-
-fn producer_config(client: &ClientConfig) -> ClientConfig {
-    let mut cc = client.clone();
-    for key in [
-        "group.id",
-        "auto.offset.reset",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-        "session.timeout.ms",
-        "heartbeat.interval.ms",
-        "max.poll.interval.ms",
-    ] {
-        cc.remove(key);
-    }
-    cc.set("enable.idempotence", "true").set("acks", "all");
-    cc
-}
-
 impl Consumer {
     /// Validates the settings, the dispatcher and the registry, checks the
     /// inbox table exists, creates the Kafka consumer
     /// (`enable.auto.commit=false`, `enable.auto.offset.store=false` are
-    /// enforced; `auto.offset.reset` defaults to `earliest`) and the
-    /// dead-letter producer, and subscribes.
+    /// enforced; `auto.offset.reset` defaults to `earliest`,
+    /// `partition.assignment.strategy` to `cooperative-sticky`;
+    /// `group.instance.id` is [`ConsumerConfig::group_instance_id`]) and
+    /// the dead-letter producer, and subscribes.
     ///
     /// `kafka` holds the connection settings (`bootstrap.servers`, security)
     /// shared by both clients; the group id comes from `config`.
@@ -183,9 +138,13 @@ impl Consumer {
                 });
             }
         }
-        let consumer: StreamConsumer<LoopContext> = consumer_config(&kafka, &config.group_id)?
+        let counters = Arc::new(ConsumerCounters::default());
+        let revocations = Arc::new(Revocations::default());
+        let consumer: StreamConsumer<LoopContext> = consumer_config(&kafka, &config)?
             .create_with_context(LoopContext {
                 group_id: config.group_id.clone(),
+                counters: counters.clone(),
+                revocations: revocations.clone(),
             })
             .map_err(|source| ConsumerError::Kafka {
                 action: "create the Kafka consumer",
@@ -207,14 +166,36 @@ impl Consumer {
             })?;
         Ok(Self {
             outbox,
-            consumer,
+            consumer: Arc::new(consumer),
             producer,
             dispatcher,
-            config,
+            config: Arc::new(config),
             topics,
-            counters: Arc::new(ConsumerCounters::default()),
+            counters,
+            revocations,
             after_db_commit: None,
         })
+    }
+
+    /// Feeds `metrics` (register them once in the service's registry);
+    /// only the first metrics given to a consumer are fed.
+    ///
+    /// ```no_run
+    /// use outbox::consume::{Consumer, ConsumerMetrics};
+    /// use outbox::prometheus_client::registry::Registry;
+    ///
+    /// # fn run(consumer: Consumer) {
+    /// let metrics = ConsumerMetrics::new();
+    /// let mut registry = Registry::default();
+    /// metrics.register(&mut registry);
+    /// let handle = consumer.with_metrics(metrics).spawn();
+    /// # }
+    /// ```
+    pub fn with_metrics(self, metrics: ConsumerMetrics) -> Self {
+        if !self.counters.attach(metrics) {
+            tracing::warn!(group_id = %self.config.group_id, "the consumer already has metrics; keeping the first");
+        }
+        self
     }
 
     /// The topics this consumer subscribed to.
@@ -227,10 +208,11 @@ impl Consumer {
         self.counters.clone()
     }
 
-    /// Fault point for crash tests: awaited after a handler's transaction
-    /// committed and before its offset is stored. A hook that never returns,
-    /// followed by [`ConsumerHandle::abort`], simulates a process killed
-    /// between the two commits.
+    /// Fault point for crash tests: awaited after a batch's transaction
+    /// committed (with the last handled event) and before its offset is
+    /// stored. A hook that never returns, followed by
+    /// [`ConsumerHandle::abort`], simulates a process killed between the
+    /// two commits.
     #[doc(hidden)]
     pub fn fault_after_db_commit(
         &mut self,
@@ -240,7 +222,7 @@ impl Consumer {
     }
 
     /// Runs the loop on the current task until `shutdown` resolves, then
-    /// finishes the message in flight, commits the offsets and returns.
+    /// finishes the batches in flight, commits the offsets and returns.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -249,12 +231,15 @@ impl Consumer {
         let counters = self.counters.clone();
         let run = self.run(rx);
         tokio::pin!(run);
-        tokio::select! {
-            () = &mut run => {}
+        let ended = tokio::select! {
+            ended = &mut run => ended,
             () = shutdown => {
                 let _ = tx.send(true);
-                run.await;
+                run.await
             }
+        };
+        if let Err(error) = ended {
+            tracing::error!(%error, "outbox consumer ended");
         }
         counters.snapshot()
     }
@@ -271,50 +256,65 @@ impl Consumer {
         }
     }
 
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        tracing::info!(group_id = %self.config.group_id, topics = ?self.topics, "outbox consumer started");
+    async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ConsumerError> {
+        tracing::info!(group_id = %self.config.group_id, group_instance_id = ?self.config.group_instance_id, topics = ?self.topics, "outbox consumer started");
+        let env = WorkerEnv {
+            handling: Arc::new(Handling {
+                outbox: self.outbox.clone(),
+                dispatcher: self.dispatcher,
+                config: self.config.clone(),
+                counters: self.counters.clone(),
+                dead_letters: DeadLetters {
+                    producer: self.producer,
+                    config: self.config.clone(),
+                    counters: self.counters.clone(),
+                },
+                after_db_commit: self.after_db_commit,
+            }),
+            consumer: self.consumer.clone(),
+            permits: Arc::new(Semaphore::new(self.config.max_partitions_in_flight)),
+            shutdown: shutdown.clone(),
+        };
+        let mut partitions = Partitions::default();
         let mut next_purge = Instant::now();
+        let mut ended = Ok(());
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if let (Some(inbox), Some(retention)) =
-                (&self.config.inbox, self.config.inbox_retention)
-            {
-                if Instant::now() >= next_purge {
-                    next_purge = Instant::now() + self.config.inbox_purge_interval;
-                    if let Err(error) = inbox
-                        .purge_older_than(
-                            self.outbox.pool(),
-                            retention,
-                            self.config.inbox_purge_batch,
-                        )
-                        .await
-                    {
-                        self.counters.add(Counter::Error);
-                        tracing::warn!(%error, "could not purge old inbox rows; retrying later");
-                    }
-                }
+            if Instant::now() >= next_purge {
+                next_purge = Instant::now() + self.config.inbox_purge_interval;
+                purge_inbox(&self.outbox, &self.config, &self.counters).await;
             }
             let received = tokio::select! {
                 biased;
                 () = wait_for_shutdown(&mut shutdown) => break,
-                received = self.consumer.recv() => received,
+                () = self.revocations.wait() => None,
+                received = self.consumer.recv() => Some(received),
             };
+            partitions.retire(&self.revocations, &self.consumer);
             match received {
-                Err(error) => {
-                    self.counters.add(Counter::Error);
+                None => {}
+                Some(Ok(message)) => {
+                    partitions
+                        .queue(&env, message.topic(), message.partition())
+                        .push(&self.consumer, message.detach());
+                }
+                Some(Err(error)) => {
+                    if let Some(fatal) = fatal_error(&self.consumer, &self.config) {
+                        tracing::error!(error = %fatal, "the Kafka consumer failed fatally; stopping");
+                        ended = Err(fatal);
+                        break;
+                    }
+                    self.counters.add(Counter::Error, 1);
                     tracing::warn!(%error, "Kafka consumer error; continuing");
                     if !sleep_or_shutdown(Duration::from_millis(200), &mut shutdown).await {
                         break;
                     }
                 }
-                Ok(message) => match self.process(&message, &mut shutdown).await {
-                    Flow::Commit => self.commit_offset(&message),
-                    Flow::Stop => break,
-                },
             }
         }
+        partitions.close().await;
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
@@ -323,269 +323,83 @@ impl Consumer {
         }
         let stats = self.counters.snapshot();
         tracing::info!(group_id = %self.config.group_id, ?stats, "outbox consumer stopped");
-    }
-
-    async fn process(
-        &self,
-        message: &BorrowedMessage<'_>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Flow {
-        self.counters.add(Counter::Received);
-        let decoded = match self.dispatcher.decode(message) {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                self.counters.add(Counter::DecodeError);
-                tracing::warn!(
-                    %error,
-                    kind = error.kind(),
-                    event_id = ?error.event_id(),
-                    topic = message.topic(),
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "message cannot be decoded; sending it to the dead-letter topic"
-                );
-                return self.dead_letter(message, &error, shutdown).await;
-            }
-        };
-        let info = decoded.info();
-        let span = tracing::info_span!(
-            "outbox.consume",
-            event_id = %info.event_id,
-            event_type = %info.event_type,
-            correlation_id = %info.correlation_id,
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-        );
-        self.handle_with_retries(message, &decoded, shutdown)
-            .instrument(span)
-            .await
-    }
-
-    async fn handle_with_retries(
-        &self,
-        message: &BorrowedMessage<'_>,
-        decoded: &DecodedEvent,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Flow {
-        let base = ExponentialBuilder::default()
-            .with_min_delay(self.config.retry_backoff)
-            .with_max_delay(self.config.max_retry_backoff)
-            .with_jitter();
-        let max_retries = usize::try_from(self.config.max_retries).unwrap_or(usize::MAX);
-        let mut handler_backoff = base.with_max_times(max_retries).build();
-        let mut infra_backoff = base.without_max_times().build();
-        let mut attempts = 0u32;
-        loop {
-            match self.attempt(decoded).await {
-                Ok(Attempt::Handled) => {
-                    self.counters.add(Counter::Handled);
-                    tracing::debug!(attempts = attempts + 1, "event handled");
-                    return Flow::Commit;
-                }
-                Ok(Attempt::Duplicate) => {
-                    self.counters.add(Counter::Duplicate);
-                    tracing::info!("event already processed (inbox); skipping the redelivery");
-                    return Flow::Commit;
-                }
-                Err(AttemptError::Infrastructure(error)) => {
-                    self.counters.add(Counter::Error);
-                    let delay = infra_backoff
-                        .next()
-                        .unwrap_or(self.config.max_retry_backoff);
-                    tracing::warn!(%error, ?delay, "database error while handling; retrying (not counted as a handler failure)");
-                    if !sleep_or_shutdown(delay, shutdown).await {
-                        return Flow::Stop;
-                    }
-                }
-                Err(AttemptError::Handler(error)) => {
-                    attempts += 1;
-                    let delay = if Permanent::is_permanent(&error) {
-                        None
-                    } else {
-                        handler_backoff.next()
-                    };
-                    let Some(delay) = delay else {
-                        let info = decoded.info();
-                        let error = ConsumeError::Handler {
-                            event_type: info.event_type.clone(),
-                            event_id: info.event_id,
-                            location: info.location.clone(),
-                            attempts,
-                            source: error,
-                        };
-                        tracing::error!(%error, "handler failed for good; sending the message to the dead-letter topic");
-                        return self.dead_letter(message, &error, shutdown).await;
-                    };
-                    self.counters.add(Counter::Retry);
-                    tracing::warn!(%error, attempt = attempts, ?delay, "handler failed; its transaction rolled back; retrying");
-                    if !sleep_or_shutdown(delay, shutdown).await {
-                        return Flow::Stop;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn attempt(&self, decoded: &DecodedEvent) -> Result<Attempt, AttemptError> {
-        let info = decoded.info();
-        let context = PublishContext {
-            correlation_id: Some(info.correlation_id),
-            traceparent: info.metadata.traceparent.clone(),
-            tracestate: info.metadata.tracestate.clone(),
-        };
-        let mut tx = self
-            .outbox
-            .transactional_publish_with(context.clone())
-            .await
-            .map_err(AttemptError::infrastructure)?;
-        if let Some(inbox) = &self.config.inbox {
-            let outcome = inbox
-                .record(
-                    &mut tx,
-                    info.event_id,
-                    &info.event_type,
-                    info.location.as_ref(),
-                )
-                .await
-                .map_err(AttemptError::infrastructure)?;
-            if outcome == InboxOutcome::AlreadyProcessed {
-                let _ = tx.rollback().await;
-                return Ok(Attempt::Duplicate);
-            }
-        }
-        let handled = AssertUnwindSafe(context.scope(decoded.handle(&mut tx)))
-            .catch_unwind()
-            .await;
-        match handled {
-            Ok(Ok(())) => {}
-            // Dropping the guard rolls back the inbox record and every write.
-            Ok(Err(error)) => return Err(AttemptError::Handler(error)),
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                return Err(AttemptError::Handler(
-                    format!("the handler panicked: {text}").into(),
-                ));
-            }
-        }
-        // A failed commit may still have committed: the retry finds the
-        // inbox row and skips.
-        tx.commit().await.map_err(AttemptError::infrastructure)?;
-        if let Some(hook) = &self.after_db_commit {
-            hook(info).await;
-        }
-        Ok(Attempt::Handled)
-    }
-
-    /// Produces the original message with dead-letter headers and waits for
-    /// the broker's acknowledgement; retried until it succeeds or shutdown
-    /// (then the message is not committed and comes back on restart).
-    async fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        error: &ConsumeError,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Flow {
-        let topic = self.config.dead_letter.for_topic(message.topic());
-        let headers = dead_letter_headers(message, error, &self.config.group_id);
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(self.config.retry_backoff)
-            .with_max_delay(self.config.max_retry_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&topic).headers(headers.clone());
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
-            match self.producer.send(record, Duration::from_secs(5)).await {
-                Ok(_) => {
-                    self.counters.add(Counter::DeadLettered);
-                    tracing::warn!(
-                        dead_letter_topic = %topic,
-                        kind = error.kind(),
-                        event_id = ?error.event_id(),
-                        topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "message dead-lettered; moving on"
-                    );
-                    return Flow::Commit;
-                }
-                Err((kafka_error, _)) => {
-                    self.counters.add(Counter::Error);
-                    let delay = backoff.next().unwrap_or(self.config.max_retry_backoff);
-                    tracing::warn!(error = %kafka_error, dead_letter_topic = %topic, ?delay, "could not produce to the dead-letter topic; retrying (the offset stays uncommitted)");
-                    if !sleep_or_shutdown(delay, shutdown).await {
-                        return Flow::Stop;
-                    }
-                }
-            }
-        }
-    }
-
-    fn commit_offset(&self, message: &BorrowedMessage<'_>) {
-        if let Err(error) = self.consumer.store_offset_from_message(message) {
-            self.counters.add(Counter::Error);
-            tracing::warn!(%error, topic = message.topic(), partition = message.partition(), offset = message.offset(),
-                "could not store the offset (partition revoked?); the message will be redelivered and skipped by the inbox");
-            return;
-        }
-        match self.consumer.commit_consumer_state(CommitMode::Async) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                self.counters.add(Counter::Error);
-                tracing::warn!(%error, "could not commit offsets; they are committed with the next message or at shutdown");
-            }
-        }
+        ended
     }
 }
 
-enum Flow {
-    /// The message is finished (handled, skipped or dead-lettered): commit its offset.
-    Commit,
-    /// Shutdown interrupted it: leave its offset uncommitted.
-    Stop,
-}
-
-enum Attempt {
-    Handled,
-    Duplicate,
-}
-
-enum AttemptError {
-    Handler(HandlerError),
-    Infrastructure(HandlerError),
-}
-
-impl AttemptError {
-    fn infrastructure(error: impl Into<HandlerError>) -> Self {
-        Self::Infrastructure(error.into())
+/// Purges inbox rows older than the retention, when there is one.
+async fn purge_inbox(outbox: &Outbox, config: &ConsumerConfig, counters: &ConsumerCounters) {
+    let (Some(inbox), Some(retention)) = (&config.inbox, config.inbox_retention) else {
+        return;
+    };
+    if let Err(error) = inbox
+        .purge_older_than(outbox.pool(), retention, config.inbox_purge_batch)
+        .await
+    {
+        counters.add(Counter::Error, 1);
+        tracing::warn!(%error, "could not purge old inbox rows; retrying later");
     }
 }
 
-async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        // The handle was dropped without asking to stop: keep running.
-        std::future::pending::<()>().await;
-    }
+/// The consumer's fatal error, if librdkafka declared one (the client is
+/// unusable after it).
+fn fatal_error(consumer: &KafkaConsumer, config: &ConsumerConfig) -> Option<ConsumerError> {
+    let (code, reason) = consumer.client().fatal_error()?;
+    Some(match (code, &config.group_instance_id) {
+        (RDKafkaErrorCode::FencedInstanceId, Some(id)) => ConsumerError::FencedInstance {
+            group_id: config.group_id.clone(),
+            group_instance_id: id.clone(),
+        },
+        _ => ConsumerError::Fatal {
+            group_id: config.group_id.clone(),
+            reason,
+        },
+    })
 }
 
-/// Sleeps `delay`; false when shutdown was requested meanwhile.
-async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        biased;
-        () = wait_for_shutdown(shutdown) => false,
-        () = tokio::time::sleep(delay) => true,
+/// The workers of the partitions this consumer received messages from.
+#[derive(Default)]
+struct Partitions {
+    running: HashMap<(String, i32), PartitionQueue>,
+    /// Workers of revoked partitions finishing their batch.
+    retiring: HashMap<(String, i32), WorkerTask>,
+}
+
+impl Partitions {
+    /// The queue of `topic`/`partition`, its worker started if needed.
+    fn queue(&mut self, env: &WorkerEnv, topic: &str, partition: i32) -> &PartitionQueue {
+        let key = (topic.to_owned(), partition);
+        if self.running.get(&key).is_some_and(|q| !q.is_running()) {
+            self.running.remove(&key);
+        }
+        let retiring = &mut self.retiring;
+        self.running.entry(key).or_insert_with_key(|key| {
+            let previous = retiring.remove(key);
+            PartitionQueue::start(env, topic, partition, previous)
+        })
+    }
+
+    /// Retires the workers of partitions revoked since the last call.
+    fn retire(&mut self, revocations: &Revocations, consumer: &KafkaConsumer) {
+        for key in revocations.take() {
+            if let Some(queue) = self.running.remove(&key) {
+                let task = queue.retire(consumer);
+                self.retiring.insert(key, task);
+            }
+        }
+        self.retiring.retain(|_, task| !task.is_finished());
+    }
+
+    /// Shutdown: waits for every worker to finish its batch.
+    async fn close(self) {
+        let tasks = self
+            .running
+            .into_values()
+            .map(PartitionQueue::close)
+            .chain(self.retiring.into_values());
+        for task in tasks {
+            task.join().await;
+        }
     }
 }
 
@@ -593,7 +407,7 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
 #[derive(Debug)]
 pub struct ConsumerHandle {
     shutdown: watch::Sender<bool>,
-    join: JoinHandle<()>,
+    join: JoinHandle<Result<(), ConsumerError>>,
     counters: Arc<ConsumerCounters>,
 }
 
@@ -613,14 +427,16 @@ impl ConsumerHandle {
         self.join.is_finished()
     }
 
-    /// Asks the consumer to stop: the message in flight is finished and its
-    /// offset committed (a message waiting for a retry is left uncommitted
-    /// and redelivered later), then the offsets are committed synchronously.
+    /// Asks the consumer to stop: the batches in flight are finished and
+    /// their offsets stored (a message waiting for a retry is left
+    /// uncommitted and redelivered later), then the offsets are committed
+    /// synchronously. Fails with the error that ended the consumer, if one
+    /// did (e.g. [`ConsumerError::FencedInstance`]).
     pub async fn shutdown(self) -> Result<ConsumerStats, ConsumerError> {
         let _ = self.shutdown.send(true);
         self.join
             .await
-            .map_err(|e| ConsumerError::Task(e.to_string()))?;
+            .map_err(|e| ConsumerError::Task(e.to_string()))??;
         Ok(self.counters.snapshot())
     }
 
@@ -629,58 +445,5 @@ impl ConsumerHandle {
     pub async fn abort(self) {
         self.join.abort();
         let _ = self.join.await;
-    }
-}
-
-/// Logs commits and rebalances of the loop's Kafka consumer.
-struct LoopContext {
-    group_id: String,
-}
-
-impl ClientContext for LoopContext {}
-
-impl ConsumerContext for LoopContext {
-    fn pre_rebalance(
-        &self,
-        consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
-        // Offsets stored but not yet committed would be lost with the
-        // partitions; commit them while this member still owns them.
-        if let Rebalance::Revoke(_) = rebalance {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(error) => {
-                    tracing::warn!(group_id = %self.group_id, %error, "could not commit offsets before giving partitions up; their last messages will be redelivered and skipped by the inbox");
-                }
-            }
-        }
-    }
-
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(group_id = %self.group_id, partitions = tpl.count(), "partitions assigned");
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(group_id = %self.group_id, partitions = tpl.count(), "partitions revoked");
-            }
-            Rebalance::Error(error) => {
-                tracing::warn!(group_id = %self.group_id, %error, "rebalance error");
-            }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                tracing::warn!(group_id = %self.group_id, %error, "offset commit failed; those messages will be redelivered and skipped by the inbox");
-            }
-        }
     }
 }

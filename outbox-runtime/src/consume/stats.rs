@@ -1,6 +1,8 @@
 //! Counters a running consumer keeps, readable while it runs.
 
+use super::metrics::ConsumerMetrics;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Live counters of one consumer.
 #[derive(Debug, Default)]
@@ -12,6 +14,9 @@ pub struct ConsumerCounters {
     dead_lettered: AtomicU64,
     decode_errors: AtomicU64,
     errors: AtomicU64,
+    batches: AtomicU64,
+    batch_fallbacks: AtomicU64,
+    metrics: OnceLock<ConsumerMetrics>,
 }
 
 /// A snapshot of [`ConsumerCounters`].
@@ -31,6 +36,11 @@ pub struct ConsumerStats {
     pub decode_errors: u64,
     /// Infrastructure errors (database, broker) that were retried.
     pub errors: u64,
+    /// Batches finished (each one transaction, or one per message after a
+    /// fallback).
+    pub batches: u64,
+    /// Batches a handler failure rolled back, re-run one message at a time.
+    pub batch_fallbacks: u64,
 }
 
 impl ConsumerStats {
@@ -49,10 +59,11 @@ pub(crate) enum Counter {
     DeadLettered,
     DecodeError,
     Error,
+    BatchFallback,
 }
 
 impl ConsumerCounters {
-    pub(crate) fn add(&self, counter: Counter) {
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
         let c = match counter {
             Counter::Received => &self.received,
             Counter::Handled => &self.handled,
@@ -61,8 +72,29 @@ impl ConsumerCounters {
             Counter::DeadLettered => &self.dead_lettered,
             Counter::DecodeError => &self.decode_errors,
             Counter::Error => &self.errors,
+            Counter::BatchFallback => &self.batch_fallbacks,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.fetch_add(n, Ordering::Relaxed);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.count(counter, n);
+        }
+    }
+
+    /// One batch finished: `size` messages in `seconds`.
+    pub(crate) fn batch(&self, size: usize, seconds: f64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.batch(size, seconds);
+        }
+    }
+
+    /// Feeds `metrics` from now on; false when metrics were attached before.
+    pub(crate) fn attach(&self, metrics: ConsumerMetrics) -> bool {
+        self.metrics.set(metrics).is_ok()
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&ConsumerMetrics> {
+        self.metrics.get()
     }
 
     /// The current values.
@@ -75,6 +107,8 @@ impl ConsumerCounters {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            batch_fallbacks: self.batch_fallbacks.load(Ordering::Relaxed),
         }
     }
 }
