@@ -11,7 +11,7 @@
 //!
 //! Routes: `POST /batches/{batch_id}/files`, `DELETE /batches/{batch_id}/files/{id}`,
 //! `GET /health`. `scripts/demo.sh` runs all of it against a fresh Postgres
-//! and broker.
+//! and broker; `tests/file_service_example.rs` tests it with `outbox::testing`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -26,62 +26,63 @@ use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 /// A file's text was extracted and stored: downstream services may process it.
-#[derive(Serialize, OutboxEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
 #[outbox_event(
     topic = "files.essay-content-provisioned.v1",
     aggregate = "file_upload"
 )]
-struct EssayContentProvisionedV1 {
+pub struct EssayContentProvisionedV1 {
     #[outbox_event(aggregate_id)]
-    file_upload_id: Uuid,
+    pub file_upload_id: Uuid,
     #[outbox_event(key)]
-    batch_id: String,
-    file_name: String,
-    content_length: usize,
+    pub batch_id: String,
+    pub file_name: String,
+    pub content_length: usize,
 }
 
 /// An uploaded file failed validation and will not be processed.
-#[derive(Serialize, OutboxEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
 #[outbox_event(topic = "files.essay-validation-failed.v1", aggregate = "file_upload")]
-struct EssayValidationFailedV1 {
+pub struct EssayValidationFailedV1 {
     #[outbox_event(aggregate_id)]
-    file_upload_id: Uuid,
+    pub file_upload_id: Uuid,
     #[outbox_event(key)]
-    batch_id: String,
-    file_name: String,
-    error_code: String,
-    message: String,
+    pub batch_id: String,
+    pub file_name: String,
+    pub error_code: String,
+    pub message: String,
 }
 
 /// A file was added to a batch.
-#[derive(Serialize, OutboxEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
 #[outbox_event(topic = "files.batch-file-added.v1", aggregate = "file_upload")]
-struct BatchFileAddedV1 {
+pub struct BatchFileAddedV1 {
     #[outbox_event(aggregate_id)]
-    file_upload_id: Uuid,
+    pub file_upload_id: Uuid,
     #[outbox_event(key)]
-    batch_id: String,
-    file_name: String,
+    pub batch_id: String,
+    pub file_name: String,
 }
 
 /// A file was removed from its batch.
-#[derive(Serialize, OutboxEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
 #[outbox_event(topic = "files.batch-file-removed.v1", aggregate = "file_upload")]
-struct BatchFileRemovedV1 {
+pub struct BatchFileRemovedV1 {
     #[outbox_event(aggregate_id)]
-    file_upload_id: Uuid,
+    pub file_upload_id: Uuid,
     #[outbox_event(key)]
-    batch_id: String,
+    pub batch_id: String,
 }
 
+/// The body of an upload.
 #[derive(Deserialize)]
-struct Upload {
-    file_name: String,
-    content: String,
+pub struct Upload {
+    pub file_name: String,
+    pub content: String,
 }
 
 /// Errors answered to HTTP clients.
-enum ApiError {
+pub enum ApiError {
     NotFound,
     Internal(String),
 }
@@ -116,7 +117,8 @@ impl IntoResponse for ApiError {
 
 const MIN_CONTENT_CHARS: usize = 1;
 
-async fn upload(
+/// `POST /batches/{batch_id}/files`: stores the file and publishes its events.
+pub async fn upload(
     State(outbox): State<Outbox>,
     Path(batch_id): Path<String>,
     Json(body): Json<Upload>,
@@ -174,7 +176,9 @@ async fn upload(
         .into_response())
 }
 
-async fn remove(
+/// `DELETE /batches/{batch_id}/files/{id}`: removes the file and publishes
+/// `BatchFileRemovedV1`; publishes nothing when there is no such file.
+pub async fn remove(
     State(outbox): State<Outbox>,
     Path((batch_id, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
@@ -194,6 +198,18 @@ async fn remove(
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates the service's own table.
+pub async fn create_tables(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS file_uploads (
+             id UUID PRIMARY KEY, batch_id TEXT NOT NULL, file_name TEXT NOT NULL,
+             status TEXT NOT NULL, content TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -242,18 +258,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect(&database_url)
         .await?;
     outbox::migrate(&pool).await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS file_uploads (
-             id UUID PRIMARY KEY, batch_id TEXT NOT NULL, file_name TEXT NOT NULL,
-             status TEXT NOT NULL, content TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .execute(&pool)
-    .await?;
+    create_tables(&pool).await?;
 
     let mut kafka = ClientConfig::new();
     kafka.set("bootstrap.servers", &bootstrap);
     // Development convenience: create the registry's topics if missing.
-    let created = outbox::create_registry_topics(&kafka, "", 3, 1).await?;
+    let created = outbox::ops::create_registry_topics(&kafka, "", 3, 1).await?;
     tracing::info!(?created, "topics ready");
     for r in outbox::registry::registrations() {
         tracing::info!(
