@@ -11,7 +11,7 @@ use outbox::consume::{
     dead_letter_headers as dlq, ConsumeError, Consumer, ConsumerConfig, ConsumerHandle,
     ConsumerStats, Dispatcher,
 };
-use outbox::inbox::{Inbox, InboxOutcome};
+use outbox::consume::{Inbox, InboxOutcome};
 use outbox::{Envelope, EnvelopeMetadata, Outbox, OutboxEvent, Relay, RelayHandle};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -25,7 +25,12 @@ use uuid::Uuid;
 
 /// The consumed event.
 #[derive(Debug, Clone, Serialize, Deserialize, OutboxEvent)]
-#[outbox_event(topic = "consumer.essay-scored.v1", aggregate = "essay", version = 2)]
+#[outbox_event(
+    topic = "consumer.essay-scored.v1",
+    aggregate = "essay",
+    version = 2,
+    allow_topic_version_mismatch
+)]
 struct EssayScoredV1 {
     #[outbox_event(aggregate_id)]
     essay_id: String,
