@@ -393,6 +393,53 @@ async fn take_values(bulk: &mut PgConnection) -> (i64, String) {
     .expect("the bulk transaction takes values")
 }
 
+/// Stops the load before COMMIT, waits for the relay to drain, and takes
+/// [`BULK_VALUES`] more sequence values in an open transaction; returns that
+/// transaction and the highest value taken once the WAL holding them is
+/// still unflushed 400 ms later. Tried again after a second of load when
+/// something flushed it meanwhile.
+async fn hold_everything_uncommitted(
+    pool: &PgPool,
+    cluster: &Cluster,
+    load: &Load,
+) -> (PgConnection, i64) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        after_lease_renewal(pool).await;
+        load.hold.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while load.held.load(Ordering::SeqCst) < PUBLISHERS {
+            assert!(
+                Instant::now() < deadline,
+                "the publishers did not stop before COMMIT"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        relay_drained(pool).await;
+        let mut bulk = PgConnection::connect(&cluster.url())
+            .await
+            .expect("bulk connection");
+        sqlx::query("BEGIN")
+            .execute(&mut bulk)
+            .await
+            .expect("BEGIN");
+        let (taken, wal_end) = take_values(&mut bulk).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if !flushed_to(pool, &wal_end).await {
+            return (bulk, taken);
+        }
+        assert!(
+            attempts < 5,
+            "the WAL was flushed before the stop {attempts} times: something commits"
+        );
+        println!("the WAL was flushed before the stop; trying again");
+        drop(bulk);
+        load.hold.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Whether the WAL is flushed up to `lsn`.
 async fn flushed_to(pool: &PgPool, lsn: &str) -> bool {
     sqlx::query_scalar("SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn")
@@ -484,67 +531,44 @@ async fn every_committed_event_arrives_soon_after_an_immediate_restart_under_loa
     // The moment before the stop: nothing commits, every publisher holds a
     // transaction with uncommitted values, a bulk transaction takes many
     // more, and the relay (idle, in its floor's settling time after its last
-    // batch) reads the sequence. Tried again, after a second of load, if
-    // something flushed the WAL meanwhile.
-    let mut attempts = 0;
-    let (bulk, taken) = loop {
-        attempts += 1;
-        after_lease_renewal(&pool).await;
-        load.hold.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while load.held.load(Ordering::SeqCst) < PUBLISHERS {
-            assert!(
-                Instant::now() < deadline,
-                "the publishers did not stop before COMMIT"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        relay_drained(&pool).await;
-        let mut bulk = PgConnection::connect(&cluster.url())
-            .await
-            .expect("bulk connection");
-        sqlx::query("BEGIN")
-            .execute(&mut bulk)
-            .await
-            .expect("BEGIN");
-        let (taken, wal_end) = take_values(&mut bulk).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        if !flushed_to(&pool, &wal_end).await {
-            break (bulk, taken);
+    // batch) reads the sequence. A commit between the last look at the WAL
+    // and the stop (a lease renewal on a slow machine) flushes the values
+    // taken; the restart then hands out none again, and the whole stop is
+    // tried again after a second of load. More restarts only make the
+    // delivery claim below stronger.
+    let mut restarts = 0;
+    let restarted = loop {
+        restarts += 1;
+        let (bulk, taken) = hold_everything_uncommitted(&pool, &cluster, &load).await;
+        cluster.stop_immediately();
+        cluster.pg_ctl_start();
+        let restarted = Instant::now();
+        drop(bulk);
+        // Before any publisher goes on: where the sequence continues.
+        let mut probe = PgConnection::connect(&cluster.url()).await.expect("probe");
+        let resumed: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT pg_sequence_last_value({SEQUENCE})"))
+                .fetch_one(&mut probe)
+                .await
+                .expect("the sequence after the restart");
+        drop(probe);
+        load.hold.store(false, Ordering::SeqCst);
+        let resumed = resumed.unwrap_or(0);
+        println!(
+            "sequence: {taken} handed out before the stop, continues after {resumed} after it; \
+             {} values handed out again",
+            taken - resumed
+        );
+        if resumed < taken {
+            break restarted;
         }
         assert!(
-            attempts < 5,
-            "the WAL was flushed before the stop {attempts} times: something commits"
+            restarts < 4,
+            "the scenario needs values handed out again after the restart; {restarts} restarts \
+             found the WAL flushed past them (sequence at {resumed}, {taken} taken before it)"
         );
-        println!("the WAL was flushed before the stop; trying again");
-        drop(bulk);
-        load.hold.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-
-    cluster.stop_immediately();
-    cluster.pg_ctl_start();
-    let restarted = Instant::now();
-    drop(bulk);
-    // Before any publisher goes on: where the sequence continues.
-    let mut probe = PgConnection::connect(&cluster.url()).await.expect("probe");
-    let resumed: Option<i64> =
-        sqlx::query_scalar(&format!("SELECT pg_sequence_last_value({SEQUENCE})"))
-            .fetch_one(&mut probe)
-            .await
-            .expect("the sequence after the restart");
-    drop(probe);
-    load.hold.store(false, Ordering::SeqCst);
-    let resumed = resumed.unwrap_or(0);
-    println!(
-        "sequence: {taken} handed out before the stop, continues after {resumed} after it; \
-         {} values handed out again",
-        taken - resumed
-    );
-    assert!(
-        resumed < taken,
-        "the scenario needs values handed out again after the restart (sequence at {resumed}, {taken} taken before it)"
-    );
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let ledger = load.finish().await;
