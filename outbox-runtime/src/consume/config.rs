@@ -230,18 +230,33 @@ mod tests {
         c.topics = vec!["good.topic".into()];
         assert_eq!(c.validate(), Ok(()));
         for (setting, broken) in [
-            ("batch_size", ConsumerConfig { batch_size: 0, ..c.clone() }),
+            (
+                "batch_size",
+                ConsumerConfig {
+                    batch_size: 0,
+                    ..c.clone()
+                },
+            ),
             (
                 "max_partitions_in_flight",
-                ConsumerConfig { max_partitions_in_flight: 0, ..c.clone() },
+                ConsumerConfig {
+                    max_partitions_in_flight: 0,
+                    ..c.clone()
+                },
             ),
             (
                 "group_instance_id",
-                ConsumerConfig { group_instance_id: Some("pod 0".into()), ..c.clone() },
+                ConsumerConfig {
+                    group_instance_id: Some("pod 0".into()),
+                    ..c.clone()
+                },
             ),
             (
                 "group_instance_id",
-                ConsumerConfig { group_instance_id: Some(String::new()), ..c.clone() },
+                ConsumerConfig {
+                    group_instance_id: Some(String::new()),
+                    ..c.clone()
+                },
             ),
         ] {
             let text = broken.validate().unwrap_err().to_string();

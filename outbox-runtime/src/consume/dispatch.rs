@@ -131,7 +131,10 @@ impl Dispatcher {
     /// ```
     pub fn register_batch<T>(
         self,
-        handler: impl for<'a> Fn(&'a [Envelope<T>], &'a mut TransactionalPublish<'static>) -> HandlerFuture<'a>
+        handler: impl for<'a> Fn(
+                &'a [Envelope<T>],
+                &'a mut TransactionalPublish<'static>,
+            ) -> HandlerFuture<'a>
             + Send
             + Sync
             + 'static,
@@ -420,7 +423,10 @@ where
                 Err(_) => {
                     let rust_type = self.registration.rust_type;
                     return Box::pin(async move {
-                        Err(format!("a batch for `{rust_type}` held an event of another type").into())
+                        Err(
+                            format!("a batch for `{rust_type}` held an event of another type")
+                                .into(),
+                        )
                     });
                 }
             }

@@ -62,7 +62,7 @@ pub enum ConsumeError {
     /// object, or lacking required fields such as `event_id` or `data`).
     #[error(
         "message{}{} is not a valid outbox envelope: {detail}; the value must be the JSON \
-         envelope described in docs/envelope.md, as the outbox relay produces it",
+         envelope described in docs/reference/envelope.md, as the outbox relay produces it",
         id(.event_id), at(.location)
     )]
     MalformedEnvelope {
@@ -377,7 +377,10 @@ mod tests {
             group_instance_id: "pod-0".into(),
         };
         let text = err.to_string();
-        assert!(text.contains("`pod-0`") && text.contains("`scorer`"), "{text}");
+        assert!(
+            text.contains("`pod-0`") && text.contains("`scorer`"),
+            "{text}"
+        );
         assert!(text.contains("group_instance_id"), "{text}");
     }
 

@@ -130,9 +130,7 @@ impl Handling {
                 }
                 Err(AttemptError::Infrastructure(error)) => {
                     self.counters.add(Counter::Error, 1);
-                    let delay = infra_delays
-                        .next()
-                        .unwrap_or(self.config.max_retry_backoff);
+                    let delay = infra_delays.next().unwrap_or(self.config.max_retry_backoff);
                     tracing::warn!(%error, ?delay, "database error while handling; retrying (not counted as a handler failure)");
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return Flow::Stop;

@@ -73,9 +73,16 @@ impl Backlog {
         match done {
             Ok(()) => {
                 *paused = pause;
-                tracing::debug!(topic, partition, pause, "partition fetch paused/resumed by its backlog");
+                tracing::debug!(
+                    topic,
+                    partition,
+                    pause,
+                    "partition fetch paused/resumed by its backlog"
+                );
             }
-            Err(error) => tracing::debug!(topic, partition, pause, %error, "could not pause/resume the partition"),
+            Err(error) => {
+                tracing::debug!(topic, partition, pause, %error, "could not pause/resume the partition")
+            }
         }
     }
 }
@@ -202,12 +209,7 @@ impl Worker {
                 break;
             }
             let mut shutdown = self.env.shutdown.clone();
-            match self
-                .env
-                .handling
-                .process_batch(&batch, &mut shutdown)
-                .await
-            {
+            match self.env.handling.process_batch(&batch, &mut shutdown).await {
                 Flow::Commit => self.store_offset(&batch),
                 Flow::Stop => break,
             }
