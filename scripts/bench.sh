@@ -12,7 +12,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib/infra.sh"
 
 SCENARIOS=(relay_vs_raw_produce publish_overhead bulk_publish end_to_end_latency
-           backlog_independence relay_scaling relay_mechanisms)
+           backlog_independence relay_scaling relay_mechanisms
+           consumer_throughput consumer_recovery)
 
 outbox_init
 ensure_tansu

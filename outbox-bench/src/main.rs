@@ -8,6 +8,7 @@
 //! ```
 
 mod broker;
+mod consumers;
 mod mechanisms;
 mod scenarios;
 mod setup;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 struct Args {
     /// `all` or one of: relay_vs_raw_produce, publish_overhead, bulk_publish,
     /// end_to_end_latency, backlog_independence (with relay_memory), relay_scaling,
-    /// relay_mechanisms.
+    /// relay_mechanisms, consumer_throughput, consumer_recovery.
     #[arg(default_value = "all")]
     scenario: String,
     /// Smaller sizes (a smoke run); the output says which sizes were used.
@@ -37,6 +38,9 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if consumers::run_child_if_asked().await {
+        return ExitCode::SUCCESS;
+    }
     let args = Args::parse();
     let env = match setup::Env::from_env() {
         Ok(env) => env,
@@ -86,6 +90,8 @@ async fn main() -> ExitCode {
     );
     run!("relay_scaling", scenarios::relay_scaling);
     run!("relay_mechanisms", mechanisms::relay_mechanisms);
+    run!("consumer_throughput", consumers::consumer_throughput);
+    run!("consumer_recovery", consumers::consumer_recovery);
     report.print_table();
     if failed {
         ExitCode::FAILURE
