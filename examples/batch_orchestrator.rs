@@ -343,7 +343,7 @@ pub async fn run(settings: Settings) -> Result<Report, Error> {
 
     let mut kafka = ClientConfig::new();
     kafka.set("bootstrap.servers", &settings.bootstrap);
-    outbox::create_registry_topics(&kafka, &settings.topic_prefix, 3, 1).await?;
+    outbox::ops::create_registry_topics(&kafka, &settings.topic_prefix, 3, 1).await?;
     let relay_config = RelayConfig {
         topic_prefix: settings.topic_prefix.clone(),
         ..RelayConfig::from_env()?

@@ -130,7 +130,7 @@ pub struct Report {
     /// The published ranking.
     pub rankings: Vec<EssayRanking>,
     /// The consumer's counters at the end.
-    pub consumer: outbox::ConsumerStats,
+    pub consumer: outbox::consume::ConsumerStats,
 }
 
 /// Creates the service's tables.
@@ -324,9 +324,9 @@ pub async fn run(settings: Settings) -> Result<Report, Error> {
     let mut kafka = ClientConfig::new();
     kafka.set("bootstrap.servers", &settings.bootstrap);
     let prefix = &settings.topic_prefix;
-    outbox::create_registry_topics(&kafka, prefix, 3, 1).await?;
+    outbox::ops::create_registry_topics(&kafka, prefix, 3, 1).await?;
     let consumed = format!("{prefix}{}", SpellcheckCompletedV1::REGISTRATION.topic);
-    outbox::create_topics(&kafka, &[format!("{consumed}.dlq")], 3, 1).await?;
+    outbox::ops::create_topics(&kafka, &[format!("{consumed}.dlq")], 3, 1).await?;
 
     let relay_config = RelayConfig {
         topic_prefix: prefix.clone(),

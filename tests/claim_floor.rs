@@ -148,7 +148,7 @@ async fn the_floor_stays_at_the_first_dead_row_so_sending_it_again_delivers_it()
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    outbox::admin::retry(&db.pool, None, id).await.unwrap();
+    outbox::ops::admin::retry(&db.pool, None, id).await.unwrap();
     // It comes first and alone, as the head of its aggregate; the 17 later
     // rows of its aggregate (40, 50, …, 200) that waited behind it follow
     // once it is delivered.

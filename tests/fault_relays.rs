@@ -1,4 +1,4 @@
-//! Guarantees under concurrency and faults (docs/guarantees.md): several
+//! Guarantees under concurrency and faults (docs/reference/guarantees.md): several
 //! relays in one process (also joining while one drains a backlog with
 //! batches claimed ahead) and in several processes killed with SIGKILL, lost
 //! database connections, a broker restart, bad rows inserted by hand, late
@@ -287,7 +287,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let collector = support::Collector::start(&bootstrap, &s.topics);
     let mut config = fixtures::relay_config(&s.prefix);
     config.max_retries = 1_000;
-    config.retention = outbox::Retention::Keep(Duration::from_secs(3600));
+    config.retention = outbox::relay::Retention::Keep(Duration::from_secs(3600));
     let relay = Relay::new(s.db.pool.clone(), fixtures::kafka(&bootstrap), config)
         .await
         .unwrap()

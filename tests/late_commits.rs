@@ -203,7 +203,7 @@ async fn a_dead_event_sent_again_during_a_backlog_precedes_its_aggregates_later_
     .execute(&s.db.pool)
     .await
     .unwrap();
-    outbox::admin::retry(&s.db.pool, None, dead_id)
+    outbox::ops::admin::retry(&s.db.pool, None, dead_id)
         .await
         .unwrap();
     let left = fixtures::pending_rows(&s.db.pool).await;

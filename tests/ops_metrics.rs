@@ -1,12 +1,14 @@
-//! Issue 5's proof for metrics and health: metric values move as events are
-//! added, delivered and die; `/metrics` serves valid OpenMetrics text and
-//! `/health` turns unhealthy (503) when a dead event waits.
+//! Metrics and health: metric values move as events are added, delivered
+//! and die; every counter is exposed at zero before anything happens;
+//! `/metrics` serves valid OpenMetrics text and `/health` turns unhealthy
+//! (503) when a dead event waits.
 
 mod fixtures;
 mod support;
 
-use outbox::health::check;
-use outbox::{ops_router, HealthConfig, HealthProbe, Outbox, OutboxEvent, OutboxMetrics, Relay};
+use outbox::ops::http::ops_router;
+use outbox::ops::{health_check as check, HealthConfig, HealthProbe};
+use outbox::{Outbox, OutboxEvent, OutboxMetrics, Relay};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -176,7 +178,7 @@ async fn added_published_and_queue_depth_follow_the_events() {
     assert_eq!(summary.pending, N as u64);
     assert_eq!(read(&s.registry, "outbox_queue_depth", &[]), N as f64);
     assert!(read(&s.registry, "outbox_oldest_pending_age_seconds", &[]) >= 0.0);
-    let stats = outbox::queue_stats(&s.db.pool, None).await.unwrap();
+    let stats = outbox::ops::queue_stats(&s.db.pool, None).await.unwrap();
     assert_eq!((stats.pending, stats.dead), (N as u64, 0));
     assert_eq!(stats.topics.len(), 1);
     assert_eq!(stats.topics[0].topic, "ops.file-added.v1");
@@ -207,8 +209,8 @@ async fn added_published_and_queue_depth_follow_the_events() {
     let m = scrape(&exposition(&s.registry));
     assert_eq!(
         value(&m, "outbox_events_failed_total", &FILE),
-        None,
-        "nothing died"
+        Some(0.0),
+        "nothing died, and the series is there at zero"
     );
     assert_eq!(
         value(&m, "outbox_oldest_pending_age_seconds", &[]),
@@ -260,6 +262,58 @@ async fn added_published_and_queue_depth_follow_the_events() {
     assert_eq!(report["pending"], 0);
     assert_eq!(report["dead"], 0);
 
+    handle.shutdown().await.unwrap();
+    s.collector.stop();
+    s.db.drop_db().await;
+}
+
+/// Alerts on `increase()`/`rate()` and dashboards need every series from
+/// the start: a relay that has done nothing serves each counter at zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_serves_every_counter_at_zero() {
+    let s = setup("opsidle").await;
+    let relay = Relay::new(
+        s.db.pool.clone(),
+        fixtures::kafka(&support::bootstrap_servers()),
+        fixtures::relay_config(&s.prefix),
+    )
+    .await
+    .unwrap()
+    .with_metrics(s.metrics.clone());
+    let counters = relay.counters();
+    let handle = relay.spawn();
+    let addr = serve(
+        Arc::new(s.registry),
+        HealthProbe::new(s.db.pool.clone()).relay(counters),
+    )
+    .await;
+    let (status, _, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    validate_openmetrics(&body).unwrap();
+    let scraped = scrape(&body);
+    for kind in ["database", "broker_unreachable", "delivery", "producer", "reordered"] {
+        assert_eq!(
+            value(&scraped, "outbox_relay_errors_total", &[("kind", kind)]),
+            Some(0.0),
+            "outbox_relay_errors_total{{kind={kind:?}}} in\n{body}"
+        );
+    }
+    for (topic, event_type) in [
+        ("ops.file-added.v1", "FileAddedV1"),
+        ("ops.essay-uploaded.v1", "EssayUploadedV1"),
+    ] {
+        for name in [
+            "outbox_events_added_total",
+            "outbox_events_published_total",
+            "outbox_events_failed_total",
+        ] {
+            assert_eq!(
+                value(&scraped, name, &[("topic", topic), ("event_type", event_type)]),
+                Some(0.0),
+                "{name} for {event_type} in\n{body}"
+            );
+        }
+    }
     handle.shutdown().await.unwrap();
     s.collector.stop();
     s.db.drop_db().await;

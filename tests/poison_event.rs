@@ -132,7 +132,7 @@ async fn oversized_event_goes_dead_and_others_keep_flowing() {
 
     // An operator releases the aggregate: the dead event stays (released),
     // the later one is delivered.
-    let released = outbox::admin::release(&s.db.pool, None, "essay", "poison")
+    let released = outbox::ops::admin::release(&s.db.pool, None, "essay", "poison")
         .await
         .unwrap();
     assert_eq!(released, 1);
@@ -335,7 +335,7 @@ async fn hold_back_scenario(name: &str, poison_at: usize, later: &[usize], shard
 
 /// A failing event whose aggregate has later events spread over a draining
 /// backlog, fixed by hand while the backlog drains: once its retry gets
-/// through, the rest of its aggregate follows in order (docs/guarantees.md).
+/// through, the rest of its aggregate follows in order (docs/reference/guarantees.md).
 /// A claim that started above the batch in flight would leave the events
 /// passed over while the aggregate was held back below its start and send a
 /// later one first.

@@ -221,7 +221,7 @@ async fn a_relay_idle_on_an_empty_table_drains_a_sudden_backlog() {
 }
 
 /// Every claim reads the pending rows from the start of the outbox (no
-/// high-water mark, docs/guarantees.md §6), so a transaction that took a
+/// high-water mark, docs/reference/guarantees.md §6), so a transaction that took a
 /// lower `seq` and commits while a backlog drains is delivered during the
 /// drain, not after it. A writer keeps the backlog growing several times
 /// faster than a relay with batches of 2 drains it, so every batch is full

@@ -98,7 +98,7 @@ pub async fn topic(broker: &Broker, label: &str, partitions: i32) -> Result<Stri
         "b-{label}-{}.",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
-    outbox::create_topics(
+    outbox::ops::create_topics(
         &broker.kafka(),
         &[format!("{prefix}{TOPIC}")],
         partitions,

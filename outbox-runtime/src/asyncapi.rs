@@ -14,7 +14,7 @@
 //!   the type derives `schemars::JsonSchema`); otherwise `data` is any JSON.
 //!
 //! ```
-//! use outbox::asyncapi::{asyncapi_document, AsyncApiInfo};
+//! use outbox::registry::asyncapi::{asyncapi_document, AsyncApiInfo};
 //! use outbox::OutboxEvent;
 //! use serde::Serialize;
 //!
@@ -217,7 +217,7 @@ fn message(registration: &EventRegistration, data: Value) -> Value {
     Value::Object(message)
 }
 
-/// The envelope (see `docs/envelope.md`) with this event's fixed values.
+/// The envelope (see `docs/reference/envelope.md`) with this event's fixed values.
 fn envelope_schema(registration: &EventRegistration, data: Value) -> Value {
     json!({
         "type": "object",

@@ -1,6 +1,6 @@
 //! The JSON envelope every event is stored and sent as.
 //!
-//! The format is stable; fields are only ever added. See `docs/envelope.md`.
+//! The format is stable; fields are only ever added. See `docs/reference/envelope.md`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@ use crate::registry::RegistryError;
 pub enum PublishError {
     /// The event's `Serialize` impl failed; nothing was written.
     #[error(
-        "could not serialize event `{event_type}` (Rust type `{rust_type}`) to JSON: {source}; \
+        "could not serialize event `{event_type}` (Rust type `{rust_type}`) to JSON; \
          fix the type's `Serialize` implementation (maps need string keys, floats must be finite)"
     )]
     Serialize {
@@ -30,7 +30,7 @@ pub enum PublishError {
         event_type: &'static str,
     },
     /// A database statement failed.
-    #[error("outbox database error while {action}: {source}")]
+    #[error("outbox database error while {action}")]
     Database {
         /// What the outbox was doing.
         action: &'static str,
@@ -89,7 +89,7 @@ pub enum RelayError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The compile-time registry has conflicting registrations.
-    #[error("the outbox event registry is inconsistent: {0}")]
+    #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The outbox tables do not exist in the configured schema.
     #[error(
@@ -115,7 +115,7 @@ pub enum RelayError {
         missing: String,
     },
     /// A database statement failed.
-    #[error("outbox relay database error while {action}: {source}")]
+    #[error("outbox relay database error while {action}")]
     Database {
         /// What the relay was doing.
         action: &'static str,
@@ -124,7 +124,7 @@ pub enum RelayError {
         source: sqlx::Error,
     },
     /// The Kafka client could not be created.
-    #[error("could not create the Kafka producer: {source}; check the rdkafka ClientConfig")]
+    #[error("could not create the Kafka producer; check the rdkafka ClientConfig")]
     Kafka {
         /// rdkafka's error.
         #[source]
@@ -143,7 +143,10 @@ impl RelayError {
 
 /// Why running the migrations failed.
 #[derive(Debug, thiserror::Error)]
-#[error("outbox migrations failed: {source}; check the database role may create tables in the target schema")]
+#[error(
+    "outbox migrations failed; check that the database is reachable and that the role may create \
+     tables in the target schema"
+)]
 pub struct MigrateError {
     #[source]
     source: sqlx::migrate::MigrateError,
@@ -152,5 +155,51 @@ pub struct MigrateError {
 impl MigrateError {
     pub(crate) fn new(source: sqlx::migrate::MigrateError) -> Self {
         Self { source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    /// An error that prints its cause in its own message makes chain
+    /// reporters (anyhow, eyre, tracing) print the cause twice.
+    fn cause_printed_once(error: &(dyn Error + 'static)) {
+        let source = error.source().expect("the error keeps its cause as source()");
+        let text = error.to_string();
+        assert!(
+            !text.contains(&source.to_string()),
+            "`{text}` repeats its source `{source}`"
+        );
+    }
+
+    #[test]
+    fn database_and_client_errors_print_their_cause_only_as_source() {
+        cause_printed_once(&PublishError::Database {
+            action: "inserting",
+            source: sqlx::Error::PoolTimedOut,
+        });
+        cause_printed_once(&PublishError::Serialize {
+            event_type: "E",
+            rust_type: "crate::E",
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        });
+        cause_printed_once(&RelayError::Database {
+            action: "claiming",
+            source: sqlx::Error::PoolTimedOut,
+        });
+        cause_printed_once(&RelayError::Kafka {
+            source: rdkafka::error::KafkaError::ClientCreation("bad".into()),
+        });
+        cause_printed_once(&MigrateError::new(sqlx::migrate::MigrateError::VersionMissing(1)));
+        cause_printed_once(&crate::ops::admin::AdminError::Database {
+            action: "listing",
+            source: sqlx::Error::PoolTimedOut,
+        });
+        cause_printed_once(&crate::TopicError {
+            topic: "t".into(),
+            source: rdkafka::error::KafkaError::ClientCreation("bad".into()),
+        });
     }
 }

@@ -3,7 +3,7 @@
 //! One [`OutboxMetrics`] is shared by a service's [`Outbox`](crate::Outbox)
 //! handle (events added) and its [`Relay`](crate::Relay) (delivery, errors,
 //! queue gauges), and registered once into the service's own registry.
-//! `docs/operations.md` describes every metric and suggests alert rules.
+//! `docs/guide/operations.md` describes every metric and suggests alert rules.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -42,7 +42,7 @@
 //! ```
 
 use crate::identifier::{Names, SchemaName};
-use crate::stats_query::{fetch_summary, summary_sql, QueueSummary, StatsError};
+use crate::ops::queue_stats::{fetch_summary, summary_sql, QueueSummary, StatsError};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -84,6 +84,17 @@ pub(crate) enum ErrorKind {
     /// An event reached the broker after an earlier event of its aggregate
     /// failed; it is sent again after that event.
     Reordered,
+}
+
+impl ErrorKind {
+    /// Every kind, so each series is exposed at zero from the start.
+    const ALL: [ErrorKind; 5] = [
+        Self::Database,
+        Self::BrokerUnreachable,
+        Self::Delivery,
+        Self::Producer,
+        Self::Reordered,
+    ];
 }
 
 impl EncodeLabelValue for ErrorKind {
@@ -154,9 +165,14 @@ fn unix_now() -> f64 {
 }
 
 impl OutboxMetrics {
-    /// Fresh metrics, all zero, not yet registered.
+    /// Fresh metrics, not yet registered. Every counter is exposed from the
+    /// start, at zero, so `rate()` and `increase()` see the first event:
+    /// `outbox_relay_errors_total` for each `kind`, and the event counters
+    /// for each event type in the [registry](crate::registry) (an event type
+    /// the binary does not link, as a standalone relay sees it, is exposed
+    /// when the relay first publishes or fails one, both series at once).
     pub fn new() -> Self {
-        Self {
+        let metrics = Self {
             inner: Arc::new(Inner {
                 queue_depth: Gauge::default(),
                 oldest_pending_age: Gauge::default(),
@@ -169,7 +185,20 @@ impl OutboxMetrics {
                 processing: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
                 last_loop: Gauge::default(),
             }),
+        };
+        for kind in ErrorKind::ALL {
+            let _zero = metrics.inner.relay_errors.get_or_create(&ErrorLabels { kind });
         }
+        for registration in crate::registry::registrations() {
+            let labels = EventLabels {
+                topic: Cow::Borrowed(registration.topic),
+                event_type: Cow::Borrowed(registration.event_type),
+            };
+            let _zero = metrics.inner.added.get_or_create(&labels);
+            let _zero = metrics.inner.published.get_or_create(&labels);
+            let _zero = metrics.inner.failed.get_or_create(&labels);
+        }
+        metrics
     }
 
     /// Registers every metric into `registry` (once per registry: the
@@ -277,19 +306,20 @@ impl OutboxMetrics {
         }
     }
 
+    /// Counts a published event. The first one of an event type the
+    /// registry does not hold also exposes its failed series, at zero.
     pub(crate) fn event_published(&self, topic: &str, event_type: &str, age_seconds: f64) {
-        self.inner
-            .published
-            .get_or_create(&Self::owned_labels(topic, event_type))
-            .inc();
+        let labels = Self::owned_labels(topic, event_type);
+        self.inner.published.get_or_create(&labels).inc();
+        let _zero = self.inner.failed.get_or_create(&labels);
         self.inner.event_age.observe(age_seconds.max(0.0));
     }
 
+    /// Counts an event that became dead; exposes its published series too.
     pub(crate) fn event_failed(&self, topic: &str, event_type: &str) {
-        self.inner
-            .failed
-            .get_or_create(&Self::owned_labels(topic, event_type))
-            .inc();
+        let labels = Self::owned_labels(topic, event_type);
+        self.inner.failed.get_or_create(&labels).inc();
+        let _zero = self.inner.published.get_or_create(&labels);
     }
 
     pub(crate) fn relay_error(&self, kind: ErrorKind) {
@@ -350,6 +380,20 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn every_error_kind_and_the_other_series_of_a_seen_event_type_start_at_zero() {
+        let m = OutboxMetrics::new();
+        let idle = exposition(&m);
+        for kind in ["database", "broker_unreachable", "delivery", "producer", "reordered"] {
+            let line = format!("outbox_relay_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(idle.lines().any(|l| l == line), "missing {line:?} in\n{idle}");
+        }
+        m.event_published("seen.v1", "Seen", 0.1);
+        let text = exposition(&m);
+        let line = "outbox_events_failed_total{topic=\"seen.v1\",event_type=\"Seen\"} 0";
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
 
     #[test]

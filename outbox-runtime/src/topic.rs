@@ -11,8 +11,8 @@ use rdkafka::ClientConfig;
 /// `[A-Za-z0-9._-]`, and neither `.` nor `..`.
 ///
 /// ```
-/// assert!(outbox::validate_topic_name("files.batch-file-added.v1").is_ok());
-/// assert!(outbox::validate_topic_name("bad topic").is_err());
+/// assert!(outbox::ops::validate_topic_name("files.batch-file-added.v1").is_ok());
+/// assert!(outbox::ops::validate_topic_name("bad topic").is_err());
 /// ```
 pub fn validate_topic_name(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
@@ -40,7 +40,7 @@ pub fn validate_topic_name(topic: &str) -> Result<(), String> {
 
 /// Error creating topics.
 #[derive(Debug, thiserror::Error)]
-#[error("could not create Kafka topic `{topic}`: {source}")]
+#[error("could not create Kafka topic `{topic}`")]
 pub struct TopicError {
     /// The topic.
     pub topic: String,

@@ -1,4 +1,4 @@
-//! The `outbox` command line; see `docs/cli.md` or `outbox --help`.
+//! The `outbox` command line; see `docs/guide/cli.md` or `outbox --help`.
 
 fn main() -> std::process::ExitCode {
     outbox::cli::run()

@@ -1,7 +1,7 @@
 //! `outbox failed list` and `outbox failed show ID`.
 
 use super::{db, output, CliError, CliResult, Exit, Global};
-use crate::admin::{self, EventDetail};
+use crate::ops::admin::{self, EventDetail};
 use clap::Subcommand;
 use uuid::Uuid;
 

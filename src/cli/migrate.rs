@@ -9,7 +9,7 @@ pub(crate) async fn run(global: &Global) -> CliResult {
         None => crate::migrate(&pool).await,
     };
     pool.close().await;
-    result.map_err(|e| CliError::failure(e.to_string()))?;
+    result.map_err(|e| CliError::failure(super::with_causes(&e)))?;
     let latest = crate::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     if global.json {
         output::print_json(&serde_json::json!({

@@ -1,5 +1,5 @@
 //! The `outbox` command line: migrations, queue status, the standalone
-//! relay, dead events, purges, and the event registry. `docs/cli.md` is the
+//! relay, dead events, purges, and the event registry. `docs/guide/cli.md` is the
 //! full reference.
 //!
 //! The `outbox` binary is this module's [`run`]. A service can embed the same
@@ -116,22 +116,36 @@ impl CliError {
     }
 }
 
+/// `error` and each of its causes, joined by `: `: the library's errors
+/// print their cause only as their `source()`, and a command line prints
+/// the whole chain on one line.
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl From<crate::admin::AdminError> for CliError {
-    fn from(error: crate::admin::AdminError) -> Self {
-        use crate::admin::AdminError as E;
+impl From<crate::ops::admin::AdminError> for CliError {
+    fn from(error: crate::ops::admin::AdminError) -> Self {
+        use crate::ops::admin::AdminError as E;
         let exit = match &error {
             E::NotFound { .. } => Exit::NotFound,
             E::NotDead { .. } => Exit::Conflict,
             E::InvalidArgument { .. } => Exit::Usage,
             _ => Exit::Failure,
         };
-        Self::new(exit, error.to_string())
+        Self::new(exit, with_causes(&error))
     }
 }
 
@@ -142,7 +156,7 @@ const ABOUT: &str =
                      dead events, purges and the event registry.";
 
 const AFTER_HELP: &str = "Exit codes: 0 ok, 1 operational error, 2 usage error, 3 not found, \
-                          4 conflict. See docs/cli.md.";
+                          4 conflict. See docs/guide/cli.md.";
 
 #[derive(Debug, Parser)]
 #[command(name = "outbox", version, about = ABOUT, after_help = AFTER_HELP)]

@@ -1,7 +1,7 @@
 //! `outbox purge --published-older-than DURATION`.
 
 use super::{db, output, CliResult, Global};
-use crate::admin;
+use crate::ops::admin;
 use clap::Args;
 use std::time::Duration;
 

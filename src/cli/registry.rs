@@ -2,7 +2,7 @@
 //! compiled into the running binary.
 
 use super::{output, CliError, CliResult, Exit, Global};
-use crate::asyncapi::{asyncapi_document, AsyncApiInfo};
+use crate::registry::asyncapi::{asyncapi_document, AsyncApiInfo};
 use crate::registry;
 use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -3,7 +3,9 @@
 
 use super::topics::{client_config, parse_key_value};
 use super::{db, output, CliError, CliResult, Exit, Global};
-use crate::{ops_router, HealthConfig, HealthProbe, OutboxMetrics, Relay, RelayConfig, RelayError};
+use crate::ops::http::ops_router;
+use crate::ops::{HealthConfig, HealthProbe};
+use crate::{OutboxMetrics, Relay, RelayConfig, RelayError};
 use clap::Args;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -57,7 +59,7 @@ fn relay_error(error: RelayError) -> CliError {
         RelayError::Registry(_) => Exit::Conflict,
         _ => Exit::Failure,
     };
-    CliError::new(exit, error.to_string())
+    CliError::new(exit, super::with_causes(&error))
 }
 
 pub(crate) async fn run(global: &Global, args: RelayArgs) -> CliResult {

@@ -1,7 +1,7 @@
 //! `outbox retry` and `outbox release`.
 
 use super::{db, output, CliError, CliResult, Exit, Global};
-use crate::admin;
+use crate::ops::admin;
 use clap::Args;
 use uuid::Uuid;
 

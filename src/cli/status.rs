@@ -2,14 +2,14 @@
 //! per topic.
 
 use super::{db, output, CliError, CliResult, Global};
-use crate::stats_query::{queue_stats, QueueStats};
+use crate::ops::{queue_stats, QueueStats};
 use std::time::Duration;
 
 pub(crate) async fn run(global: &Global) -> CliResult {
     let pool = db::connect(global, 2).await?;
     let stats = queue_stats(&pool, global.schema.as_ref()).await;
     pool.close().await;
-    let stats = stats.map_err(|e| CliError::failure(e.to_string()))?;
+    let stats = stats.map_err(|e| CliError::failure(super::with_causes(&e)))?;
     if global.json {
         return output::print_json(&stats);
     }

@@ -66,7 +66,7 @@ pub(crate) async fn run(global: &Global, command: TopicsCommand) -> CliResult {
     let created = if wanted.is_empty() {
         Vec::new()
     } else {
-        crate::create_registry_topics(
+        crate::ops::create_registry_topics(
             &config,
             &args.topic_prefix,
             args.partitions,
@@ -75,8 +75,9 @@ pub(crate) async fn run(global: &Global, command: TopicsCommand) -> CliResult {
         .await
         .map_err(|e| {
             CliError::failure(format!(
-                "{e}; check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS and that the broker \
-                 allows creating topics"
+                "{}; check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS and that the broker \
+                 allows creating topics",
+                super::with_causes(&e)
             ))
         })?
     };

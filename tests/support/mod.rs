@@ -121,7 +121,7 @@ pub async fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) 
     cc.set("bootstrap.servers", bootstrap);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match outbox::create_topics(&cc, topics, partitions, 1).await {
+        match outbox::ops::create_topics(&cc, topics, partitions, 1).await {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(error = %e, "creating topics failed; retrying");

@@ -4,7 +4,7 @@
 use crate::identifier::Names;
 use crate::metrics::OutboxMetrics;
 use crate::relay::config::Retention;
-use crate::stats_query::{fetch_summary, summary_sql};
+use crate::ops::queue_stats::{fetch_summary, summary_sql};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 

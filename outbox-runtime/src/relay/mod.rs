@@ -10,6 +10,7 @@ mod record;
 // Around them.
 mod chores;
 mod config;
+#[cfg(feature = "bench-hooks")]
 #[doc(hidden)]
 pub mod database_only;
 mod seq_runs;

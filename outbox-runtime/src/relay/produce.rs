@@ -279,7 +279,7 @@ fn invalid_topic(row: &ClaimedRow, reason: &str) -> Failure {
 fn malformed_envelope(row: &ClaimedRow) -> Failure {
     Failure::Permanent(format!(
         "malformed envelope in outbox row: event_data must be a JSON object with event_id, \
-         event_type and data (see docs/envelope.md); correct it and run `outbox retry {}`",
+         event_type and data (see docs/reference/envelope.md); correct it and run `outbox retry {}`",
         row.id
     ))
 }

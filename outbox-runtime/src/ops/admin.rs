@@ -9,7 +9,7 @@
 //! the same transaction, so running relays pick the rows up at once.
 //!
 //! ```no_run
-//! use outbox::admin;
+//! use outbox::ops::admin;
 //!
 //! # async fn run(pool: sqlx::PgPool) -> Result<(), admin::AdminError> {
 //! for event in admin::list_failed(&pool, None, 50).await? {
@@ -124,7 +124,7 @@ pub enum AdminError {
         state: String,
     },
     /// A database statement failed.
-    #[error("outbox admin database error while {action}: {source}")]
+    #[error("outbox admin database error while {action}")]
     Database {
         /// What was being done.
         action: &'static str,
@@ -422,10 +422,10 @@ pub async fn release(
 /// are not touched, so it always ends.
 ///
 /// ```no_run
-/// # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::admin::AdminError> {
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::ops::admin::AdminError> {
 /// use std::time::Duration;
 /// let week = Duration::from_secs(7 * 24 * 3600);
-/// let deleted = outbox::admin::purge_published(&pool, None, week, 5_000, |done| {
+/// let deleted = outbox::ops::admin::purge_published(&pool, None, week, 5_000, |done| {
 ///     eprintln!("{done} rows deleted");
 /// })
 /// .await?;

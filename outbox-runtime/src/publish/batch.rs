@@ -1,15 +1,13 @@
-//! The `transactional_publish` guard and event batches.
+//! [`EventBatch`]: events serialized into their envelopes, ready for one
+//! insert.
 
 use crate::columns::Columns;
 use crate::context::ResolvedContext;
 use crate::envelope::{Envelope, EnvelopeMetadata};
 use crate::error::PublishError;
-use crate::handle::Outbox;
-use crate::{wake, OutboxEvent};
+use crate::OutboxEvent;
 use chrono::Utc;
 use serde::Serialize;
-use sqlx::{PgConnection, Postgres, Transaction};
-use std::ops::{Deref, DerefMut};
 use uuid::Uuid;
 
 /// Events serialized and ready to insert in one statement. May mix event
@@ -197,145 +195,12 @@ impl EventBatch {
 /// Event counts per `(topic, event_type)`; a batch holds few distinct pairs.
 pub(crate) type Tally = Vec<(&'static str, &'static str, u64)>;
 
-fn count_into(tally: &mut Tally, topic: &'static str, event_type: &'static str, n: u64) {
+pub(crate) fn count_into(tally: &mut Tally, topic: &'static str, event_type: &'static str, n: u64) {
     match tally
         .iter_mut()
         .find(|(t, e, _)| *t == topic && *e == event_type)
     {
         Some(entry) => entry.2 += n,
         None => tally.push((topic, event_type, n)),
-    }
-}
-
-/// The `transactional_publish` guard: a Postgres transaction whose events
-/// commit or roll back together with your business writes.
-///
-/// Run your own queries with `.execute(&mut *guard)`. Dropping the guard
-/// without [`commit`](Self::commit) rolls back: neither business rows nor
-/// events survive.
-#[derive(Debug)]
-pub struct TransactionalPublish<'c> {
-    outbox: Outbox,
-    tx: Transaction<'c, Postgres>,
-    context: ResolvedContext,
-    added: usize,
-    /// Added events per `(topic, event_type)`, counted in the metrics at
-    /// commit (only when the outbox has metrics).
-    tally: Tally,
-}
-
-impl<'c> TransactionalPublish<'c> {
-    pub(crate) fn new(
-        outbox: Outbox,
-        tx: Transaction<'c, Postgres>,
-        context: ResolvedContext,
-    ) -> Self {
-        Self {
-            outbox,
-            tx,
-            context,
-            added: 0,
-            tally: Vec::new(),
-        }
-    }
-
-    /// The correlation id of this transaction's events.
-    pub fn correlation_id(&self) -> Uuid {
-        self.context.correlation_id
-    }
-
-    /// Number of events added so far.
-    pub fn events_added(&self) -> usize {
-        self.added
-    }
-
-    /// An empty batch carrying this transaction's context.
-    pub fn batch(&self) -> EventBatch {
-        EventBatch::new(
-            self.outbox.inner.source_service.clone(),
-            self.context.clone(),
-        )
-    }
-
-    /// Adds one event; returns its id.
-    pub async fn publish<E: OutboxEvent>(&mut self, event: &E) -> Result<Uuid, PublishError> {
-        let mut batch = self.batch();
-        let id = batch.push(event)?;
-        self.publish_batch(batch).await?;
-        Ok(id)
-    }
-
-    /// Adds many events of one type in a single statement; returns their ids.
-    /// If any fails to serialize, nothing is added.
-    pub async fn publish_all<'e, E: OutboxEvent>(
-        &mut self,
-        events: impl IntoIterator<Item = &'e E>,
-    ) -> Result<Vec<Uuid>, PublishError> {
-        let mut batch = self.batch();
-        for event in events {
-            batch.push(event)?;
-        }
-        self.publish_batch(batch).await
-    }
-
-    /// Adds a prepared batch (possibly of mixed types) in a single statement.
-    pub async fn publish_batch(&mut self, batch: EventBatch) -> Result<Vec<Uuid>, PublishError> {
-        let ids = batch.ids().to_vec();
-        let tally = match &self.outbox.inner.metrics {
-            Some(_) => batch.tally(),
-            None => Vec::new(),
-        };
-        self.added += self.outbox.insert(&mut self.tx, batch).await?;
-        for (topic, event_type, n) in tally {
-            count_into(&mut self.tally, topic, event_type, n);
-        }
-        Ok(ids)
-    }
-
-    /// Commits business writes and events together, then wakes relays in
-    /// this process. Returns the number of events committed.
-    pub async fn commit(self) -> Result<usize, PublishError> {
-        let added = self.added;
-        self.tx
-            .commit()
-            .await
-            .map_err(PublishError::db("committing the publishing transaction"))?;
-        if let Some(metrics) = &self.outbox.inner.metrics {
-            for (topic, event_type, n) in self.tally {
-                metrics.events_added(topic, event_type, n);
-            }
-        }
-        if added > 0 {
-            wake::wake_local_relays();
-            tracing::debug!(events = added, correlation_id = %self.context.correlation_id, "outbox transaction committed");
-        }
-        Ok(added)
-    }
-
-    /// Rolls back explicitly (dropping the guard does the same).
-    pub async fn rollback(self) -> Result<(), PublishError> {
-        self.tx
-            .rollback()
-            .await
-            .map_err(PublishError::db("rolling back the publishing transaction"))
-    }
-
-    /// The underlying sqlx transaction.
-    pub fn transaction(&mut self) -> &mut Transaction<'c, Postgres> {
-        &mut self.tx
-    }
-}
-
-impl Deref for TransactionalPublish<'_> {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for TransactionalPublish<'_> {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
     }
 }

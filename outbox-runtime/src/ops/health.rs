@@ -19,7 +19,7 @@
 
 use crate::identifier::{Names, SchemaName};
 use crate::relay::RelayCounters;
-use crate::stats_query::{fetch_summary, summary_sql, QueueSummary};
+use crate::ops::queue_stats::{fetch_summary, summary_sql, QueueSummary};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Thresholds of the health check.
 ///
 /// ```
-/// use outbox::HealthConfig;
+/// use outbox::ops::HealthConfig;
 /// use std::time::Duration;
 ///
 /// let config = HealthConfig {
@@ -200,7 +200,7 @@ fn evaluate(
 /// process (for the stall check).
 ///
 /// ```no_run
-/// use outbox::{HealthConfig, HealthProbe};
+/// use outbox::ops::{HealthConfig, HealthProbe};
 ///
 /// # async fn run(pool: sqlx::PgPool, relay: outbox::RelayHandle) {
 /// let probe = HealthProbe::new(pool)

@@ -3,13 +3,13 @@
 //! and `outbox status` read these.
 //!
 //! ```no_run
-//! # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::StatsError> {
+//! # async fn run(pool: sqlx::PgPool) -> Result<(), outbox::ops::StatsError> {
 //! // Cheap, for dashboards and probes: uses the partial indexes only.
-//! let summary = outbox::queue_summary(&pool, None).await?;
+//! let summary = outbox::ops::queue_summary(&pool, None).await?;
 //! println!("{} pending, {} dead", summary.pending, summary.dead);
 //!
 //! // Per topic and state: reads the whole table, for an operator's `status`.
-//! let stats = outbox::queue_stats(&pool, None).await?;
+//! let stats = outbox::ops::queue_stats(&pool, None).await?;
 //! for topic in &stats.topics {
 //!     println!("{}: {} pending, {} dead", topic.topic, topic.pending, topic.dead);
 //! }
@@ -24,7 +24,7 @@ use std::time::Duration;
 /// Why reading the outbox statistics failed.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "outbox database error while {action}: {source}; check that the database is reachable and \
+    "outbox database error while {action}; check that the database is reachable and \
      that the outbox migrations ran in this schema (`outbox migrate`)"
 )]
 pub struct StatsError {

@@ -2,7 +2,7 @@
 //! relay (`outbox relay --metrics-addr`) or to merge into a service's own
 //! router.
 
-use crate::health::HealthProbe;
+use crate::ops::health::HealthProbe;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,9 @@ struct Ops {
 /// JSON: status 200 when healthy, 503 when not).
 ///
 /// ```no_run
-/// use outbox::{ops_router, HealthProbe, OutboxMetrics};
+/// use outbox::ops::http::ops_router;
+/// use outbox::ops::HealthProbe;
+/// use outbox::OutboxMetrics;
 /// use prometheus_client::registry::Registry;
 /// use std::sync::Arc;
 ///
