@@ -418,6 +418,28 @@ async fn partitions_are_handled_in_parallel_each_in_order() {
     env.db.drop_db().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_falls_behind_is_paused_and_resumed_without_losing_a_message() {
+    let env = setup("backlog", 1).await;
+    // Batches of 10 and a backlog of 3,000: the receiving loop outruns the
+    // worker by far more than the 520 messages that pause the partition.
+    let sent = env.produce(3_000, 30).await;
+    let config = ConsumerConfig {
+        batch_size: 10,
+        batch_wait: Duration::ZERO,
+        ..env.config()
+    };
+    let handle = env
+        .consumer(dispatcher(&[], Arc::default()), config)
+        .await
+        .spawn();
+    let stats = wait_finished(&handle, 3_000).await;
+    assert_eq!((stats.handled, stats.duplicates), (3_000, 0), "{stats:?}");
+    assert_exactly_once_in_order(&sent, &env.effects().await);
+    handle.shutdown().await.unwrap();
+    env.db.drop_db().await;
+}
+
 const CHILD_ENV: &str = "OUTBOX_TEST_BATCH_CONSUMER_CHILD";
 const MID_BATCH: &str = "OUTBOX-CHILD-MID-BATCH";
 const COMMITTED: &str = "OUTBOX-CHILD-BATCH-COMMITTED";

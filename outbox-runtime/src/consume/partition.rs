@@ -52,7 +52,7 @@ impl Backlog {
     }
 
     fn taken(&self, n: usize, consumer: &KafkaConsumer, topic: &str, partition: i32) {
-        if self.queued.fetch_sub(n, Ordering::AcqRel) - n <= self.low {
+        if self.queued.fetch_sub(n, Ordering::AcqRel).saturating_sub(n) <= self.low {
             self.set_paused(false, consumer, topic, partition);
         }
     }
@@ -168,8 +168,11 @@ impl PartitionQueue {
 
     /// Queues a message for the worker.
     pub(crate) fn push(&self, consumer: &KafkaConsumer, message: OwnedMessage) {
-        if self.sender.send(message).is_ok() {
-            self.backlog.added(consumer, &self.topic, self.partition);
+        // Counted before it is sent, so the worker never takes more than
+        // was counted.
+        self.backlog.added(consumer, &self.topic, self.partition);
+        if self.sender.send(message).is_err() {
+            self.backlog.queued.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
