@@ -8,16 +8,66 @@ pub use serde_json;
 
 pub use std::any::TypeId;
 pub use std::fmt::Display;
-pub use std::string::{String, ToString};
+pub use std::string::String;
 
-/// Compile-time check used by the derive: the aggregate id and key fields
-/// must implement `Display`. The derive spans the call on the field's type.
-#[inline]
-pub const fn assert_display<T: ?Sized + Display>() {}
+/// What the derive asks of the event type itself, spanned on the user's
+/// struct name: the payload is stored as JSON. Implemented for every
+/// `Serialize` type; the derive checks it so a missing impl is explained in
+/// the outbox's terms.
+#[diagnostic::on_unimplemented(
+    message = "the event `{Self}` must implement `serde::Serialize`",
+    label = "the outbox stores this event's payload as JSON",
+    note = "the payload is serialized into the outbox table in the same transaction as your business rows, and the relay sends that JSON to Kafka as the envelope's `data`",
+    note = "add `#[derive(serde::Serialize)]` to `{Self}`"
+)]
+pub trait EventPayload {}
 
-/// Compile-time check used by the derive: the event must be `Serialize`.
+impl<T: ?Sized + Serialize> EventPayload for T {}
+
+/// Compile-time check used by the derive, spanned on the event's name.
 #[inline]
-pub const fn assert_serialize<T: ?Sized + Serialize>() {}
+pub const fn assert_payload<T: ?Sized + EventPayload>() {}
+
+/// The aggregate id field's type, as the derive reads it. Implemented for
+/// every `Display` type; spanned on the field's type so a missing impl
+/// underlines the user's code.
+#[diagnostic::on_unimplemented(
+    message = "the aggregate id `{Self}` must implement `std::fmt::Display`",
+    label = "the outbox reads the aggregate id from this field as text",
+    note = "the aggregate id is stored with every outbox row as text: the relay delivers each aggregate's events in commit order by it, and sends it as the Kafka key unless a field is marked `#[outbox_event(key)]`",
+    note = "implement `std::fmt::Display` for `{Self}`, or wrap it in a newtype that does"
+)]
+pub trait AggregateId {
+    /// The text stored as the envelope's `aggregate_id`.
+    fn to_aggregate_id(&self) -> String;
+}
+
+impl<T: ?Sized + Display> AggregateId for T {
+    #[inline]
+    fn to_aggregate_id(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The `#[outbox_event(key)]` field's type, as the derive reads it.
+/// Implemented for every `Display` type; spanned on the field's type.
+#[diagnostic::on_unimplemented(
+    message = "the partition key `{Self}` must implement `std::fmt::Display`",
+    label = "the relay sends this field as the Kafka message key",
+    note = "the key is sent as text: Kafka picks the partition from it, so events with the same key stay in order",
+    note = "implement `std::fmt::Display` for `{Self}`, or wrap it in a newtype that does"
+)]
+pub trait PartitionKey {
+    /// The text sent as the Kafka message key.
+    fn to_partition_key(&self) -> String;
+}
+
+impl<T: ?Sized + Display> PartitionKey for T {
+    #[inline]
+    fn to_partition_key(&self) -> String {
+        self.to_string()
+    }
+}
 
 /// The payload schema function `#[outbox_event(json_schema)]` stores in the
 /// registration.

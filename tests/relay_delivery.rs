@@ -13,7 +13,8 @@ use uuid::Uuid;
 #[outbox_event(
     topic = "files.batch-file-added.v1",
     aggregate = "file_upload",
-    version = 2
+    version = 2,
+    allow_topic_version_mismatch
 )]
 struct BatchFileAddedV1 {
     #[outbox_event(aggregate_id)]

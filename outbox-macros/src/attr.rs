@@ -17,11 +17,19 @@ pub(crate) const AGGREGATE: &str = "aggregate";
 pub(crate) const EVENT_TYPE: &str = "event_type";
 pub(crate) const VERSION: &str = "version";
 pub(crate) const JSON_SCHEMA: &str = "json_schema";
+pub(crate) const ALLOW_TOPIC_VERSION_MISMATCH: &str = "allow_topic_version_mismatch";
 
 pub(crate) const AGGREGATE_ID: &str = "aggregate_id";
 pub(crate) const KEY: &str = "key";
 
-const CONTAINER_KEYS: &[&str] = &[TOPIC, AGGREGATE, EVENT_TYPE, VERSION, JSON_SCHEMA];
+const CONTAINER_KEYS: &[&str] = &[
+    TOPIC,
+    AGGREGATE,
+    EVENT_TYPE,
+    VERSION,
+    JSON_SCHEMA,
+    ALLOW_TOPIC_VERSION_MISMATCH,
+];
 const FIELD_KEYS: &[&str] = &[AGGREGATE_ID, KEY];
 
 /// A key that may be given once across all `#[outbox_event]` attributes of
@@ -69,12 +77,15 @@ pub(crate) struct Container<'a> {
     /// Some `#[outbox_event]` could not be read; keys may be missing only
     /// because of that, so they are not reported missing.
     pub(crate) malformed: bool,
-    pub(crate) topic: Option<Checked<String>>,
-    pub(crate) aggregate: Option<Checked<String>>,
-    pub(crate) event_type: Option<Checked<String>>,
+    pub(crate) topic: Option<Checked<LitStr>>,
+    pub(crate) aggregate: Option<Checked<LitStr>>,
+    pub(crate) event_type: Option<Checked<LitStr>>,
     pub(crate) version: Option<Checked<u32>>,
     /// `json_schema`: publish the payload's JSON schema in the registry.
     pub(crate) json_schema: Option<Ident>,
+    /// `allow_topic_version_mismatch`: the topic's `.vN` suffix is not the
+    /// event's version.
+    pub(crate) allow_topic_version_mismatch: Option<Ident>,
 }
 
 impl<'a> Container<'a> {
@@ -86,6 +97,7 @@ impl<'a> Container<'a> {
         let mut event_type = Attr::none(cx, EVENT_TYPE);
         let mut version = Attr::none(cx, VERSION);
         let mut json_schema = Attr::none(cx, JSON_SCHEMA);
+        let mut allow_topic_version_mismatch = Attr::none(cx, ALLOW_TOPIC_VERSION_MISMATCH);
 
         for attr in outbox_event_attrs(cx, attrs, &mut malformed) {
             let result = attr.parse_nested_meta(|meta| {
@@ -104,6 +116,13 @@ impl<'a> Container<'a> {
                 } else if let Some(ident) = meta.path.get_ident().filter(|i| *i == JSON_SCHEMA) {
                     flag_without_value(cx, &meta, JSON_SCHEMA)?;
                     json_schema.set(&meta.path, ident.clone());
+                } else if let Some(ident) = meta
+                    .path
+                    .get_ident()
+                    .filter(|i| *i == ALLOW_TOPIC_VERSION_MISMATCH)
+                {
+                    flag_without_value(cx, &meta, ALLOW_TOPIC_VERSION_MISMATCH)?;
+                    allow_topic_version_mismatch.set(&meta.path, ident.clone());
                 } else if let Some(key) = FIELD_KEYS.iter().find(|key| meta.path.is_ident(key)) {
                     cx.error_spanned_by(
                         &meta.path,
@@ -137,6 +156,7 @@ impl<'a> Container<'a> {
             event_type: event_type.get(),
             version: version.get(),
             json_schema: json_schema.get(),
+            allow_topic_version_mismatch: allow_topic_version_mismatch.get(),
         }
     }
 }
@@ -231,7 +251,7 @@ fn string_value(
     meta: &ParseNestedMeta,
     name: &str,
     rule: fn(&str) -> Result<(), String>,
-) -> syn::Result<Checked<String>> {
+) -> syn::Result<Checked<LitStr>> {
     let Some(expr) = value_expr(cx, meta, &format!("`{name} = \"...\"`"))? else {
         return Ok(None);
     };
@@ -248,10 +268,9 @@ fn string_value(
     Ok(None)
 }
 
-fn checked(cx: &Ctxt, lit: &LitStr, rule: fn(&str) -> Result<(), String>) -> Checked<String> {
-    let value = lit.value();
-    match rule(&value) {
-        Ok(()) => Some(value),
+fn checked(cx: &Ctxt, lit: &LitStr, rule: fn(&str) -> Result<(), String>) -> Checked<LitStr> {
+    match rule(&lit.value()) {
+        Ok(()) => Some(lit.clone()),
         Err(msg) => {
             cx.error_spanned_by(lit, msg);
             None

@@ -29,15 +29,27 @@ fn expand(event: &Event) -> TokenStream {
         ..
     } = event;
 
-    let aggregate_id = field_to_string(&event.aggregate_id);
-    let partition_key = event.key.as_ref().map(|key| {
-        let body = field_to_string(key);
-        quote! {
-            fn partition_key(&self) -> ::outbox::__private::String {
-                #body
-            }
+    let aggregate_id = read_field(
+        &event.aggregate_id,
+        quote!(AggregateId),
+        quote!(to_aggregate_id),
+    );
+    let aggregate_id_field = event.aggregate_id.ident.unraw().to_string();
+    let (partition_key, key_field) = match &event.key {
+        Some(key) => {
+            let body = read_field(key, quote!(PartitionKey), quote!(to_partition_key));
+            let name = key.ident.unraw().to_string();
+            (
+                quote! {
+                    fn partition_key(&self) -> ::outbox::__private::String {
+                        #body
+                    }
+                },
+                quote!(::core::option::Option::Some(#name)),
+            )
         }
-    });
+        None => (quote!(), quote!(::core::option::Option::None)),
+    };
 
     // Spanned on the `json_schema` key: a type that does not implement
     // `schemars::JsonSchema` is reported there, where the schema was asked for.
@@ -52,22 +64,33 @@ fn expand(event: &Event) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    // Spanned on the user's identifier, like the impl header. A type without
+    // `Serialize` fails both: the impl in serde's words, this check in the
+    // outbox's, saying why. rustc keeps the supertrait's own message for the
+    // impl, so the check is the only place to say it.
+    let assert_payload =
+        quote_spanned!(ident.span()=> ::outbox::__private::assert_payload::<#ident>());
+
     // One constant feeds both the impl and the registry, so the submission
-    // does not go through the trait: if the type is not `Serialize`, the
-    // impl header (spanned on the user's identifier) is the only error.
+    // does not go through the trait: a type that is not `Serialize` gets no
+    // further errors from the registry.
     quote! {
         const _: () = {
             const __REGISTRATION: ::outbox::__private::EventRegistration =
-                ::outbox::__private::EventRegistration::new(
-                    ::core::concat!(::core::module_path!(), "::", #rust_name),
-                    #event_type,
-                    #topic,
-                    #aggregate,
-                    #version,
-                    #description,
-                    ::outbox::__private::TypeId::of::<#ident>,
-                    #payload_schema,
-                );
+                ::outbox::__private::EventRegistration {
+                    rust_type: ::core::concat!(::core::module_path!(), "::", #rust_name),
+                    event_type: #event_type,
+                    topic: #topic,
+                    aggregate_type: #aggregate,
+                    version: #version,
+                    description: #description,
+                    type_id: ::outbox::__private::TypeId::of::<#ident>,
+                    payload_schema: #payload_schema,
+                    aggregate_id_field: ::core::option::Option::Some(#aggregate_id_field),
+                    key_field: #key_field,
+                };
+
+            const _: () = #assert_payload;
 
             #[automatically_derived]
             impl ::outbox::__private::OutboxEvent for #ident {
@@ -85,19 +108,13 @@ fn expand(event: &Event) -> TokenStream {
     }
 }
 
-/// The field's `to_string()`, preceded by a `Display` check spanned on the
-/// field's type so a missing impl underlines the user's type.
-///
-/// Both bounds come from the same type tokens in the same body, so rustc
-/// reports only the check's "doesn't implement `Display`" and drops the
-/// `ToString` error it implies.
-fn field_to_string(field: &EventField) -> TokenStream {
+/// The field's text through one of the `__private` marker traits, spanned on
+/// the field's type: a type without `Display` is reported there, in the
+/// words of that trait's `on_unimplemented`.
+fn read_field(field: &EventField, marker: TokenStream, method: TokenStream) -> TokenStream {
     let EventField { ident, ty } = *field;
-    let assert_display = quote_spanned!(ty.span()=> ::outbox::__private::assert_display::<#ty>);
-    quote! {
-        #assert_display();
-        <#ty as ::outbox::__private::ToString>::to_string(&self.#ident)
-    }
+    let path = quote_spanned!(ty.span()=> <#ty as ::outbox::__private::#marker>::#method);
+    quote!(#path(&self.#ident))
 }
 
 #[cfg(test)]
@@ -122,26 +139,31 @@ mod tests {
             }
         });
         let registration = quote! {
-            ::outbox::__private::EventRegistration::new(
-                ::core::concat!(::core::module_path!(), "::", "EssayStored"),
-                "EssayStored",
-                "files.essay.v1",
-                "file_upload",
-                1u32,
-                "Essay content was stored.\n\nReady for processing.",
-                ::outbox::__private::TypeId::of::<EssayStored>,
-                ::core::option::Option::None,
-            )
+            ::outbox::__private::EventRegistration {
+                rust_type: ::core::concat!(::core::module_path!(), "::", "EssayStored"),
+                event_type: "EssayStored",
+                topic: "files.essay.v1",
+                aggregate_type: "file_upload",
+                version: 1u32,
+                description: "Essay content was stored.\n\nReady for processing.",
+                type_id: ::outbox::__private::TypeId::of::<EssayStored>,
+                payload_schema: ::core::option::Option::None,
+                aggregate_id_field: ::core::option::Option::Some("file_upload_id"),
+                key_field: ::core::option::Option::None,
+            }
         }
         .to_string();
         assert!(out.contains(&registration), "{out}");
         let aggregate_id = quote! {
             fn aggregate_id(&self) -> ::outbox::__private::String {
-                ::outbox::__private::assert_display::<u64>();
-                <u64 as ::outbox::__private::ToString>::to_string(&self.file_upload_id)
+                <u64 as ::outbox::__private::AggregateId>::to_aggregate_id(&self.file_upload_id)
             }
         };
         assert!(out.contains(&aggregate_id.to_string()), "{out}");
+        let assert_payload = quote!(
+            const _: () = ::outbox::__private::assert_payload::<EssayStored>();
+        );
+        assert!(out.contains(&assert_payload.to_string()), "{out}");
         assert!(out.contains("# [automatically_derived]"), "{out}");
         assert!(out.starts_with("const _ : () ="), "{out}");
         assert!(!out.contains("partition_key"), "{out}");
@@ -180,11 +202,15 @@ mod tests {
         assert!(out.contains("2u32"), "{out}");
         let key = quote! {
             fn partition_key(&self) -> ::outbox::__private::String {
-                ::outbox::__private::assert_display::<String>();
-                <String as ::outbox::__private::ToString>::to_string(&self.batch)
+                <String as ::outbox::__private::PartitionKey>::to_partition_key(&self.batch)
             }
         };
         assert!(out.contains(&key.to_string()), "{out}");
+        let fields = quote! {
+            aggregate_id_field: ::core::option::Option::Some("id"),
+            key_field: ::core::option::Option::Some("batch"),
+        };
+        assert!(out.contains(&fields.to_string()), "{out}");
     }
 
     #[test]
@@ -196,7 +222,11 @@ mod tests {
                 r#type: u64,
             }
         });
-        assert!(out.contains("\"Match\" ,"), "{out}");
+        assert!(out.contains("event_type : \"Match\" ,"), "{out}");
+        assert!(
+            out.contains("aggregate_id_field : :: core :: option :: Option :: Some (\"type\")"),
+            "{out}"
+        );
         assert!(out.contains("self . r#type"), "{out}");
         assert!(out.contains("for r#Match"), "{out}");
     }

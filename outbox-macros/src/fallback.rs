@@ -26,16 +26,18 @@ pub(crate) fn expand(input: &DeriveInput, errors: syn::Error) -> TokenStream {
             #[automatically_derived]
             impl ::outbox::__private::OutboxEvent for #ident {
                 const REGISTRATION: ::outbox::__private::EventRegistration =
-                    ::outbox::__private::EventRegistration::new(
-                        ::core::concat!(::core::module_path!(), "::", #rust_name),
-                        #rust_name,
-                        "",
-                        "",
-                        1u32,
-                        "",
-                        ::outbox::__private::TypeId::of::<#ident>,
-                        ::core::option::Option::None,
-                    );
+                    ::outbox::__private::EventRegistration {
+                        rust_type: ::core::concat!(::core::module_path!(), "::", #rust_name),
+                        event_type: #rust_name,
+                        topic: "",
+                        aggregate_type: "",
+                        version: 1u32,
+                        description: "",
+                        type_id: ::outbox::__private::TypeId::of::<#ident>,
+                        payload_schema: ::core::option::Option::None,
+                        aggregate_id_field: ::core::option::Option::None,
+                        key_field: ::core::option::Option::None,
+                    };
 
                 fn aggregate_id(&self) -> ::outbox::__private::String {
                     ::core::unreachable!()

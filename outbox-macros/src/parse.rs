@@ -5,7 +5,8 @@ use syn::ext::IdentExt;
 use syn::{Attribute, Data, DeriveInput, Expr, ExprLit, Fields, Ident, Lit, Meta, Type};
 
 use crate::attr::{
-    Container, FieldAttrs, AGGREGATE, AGGREGATE_ID, EVENT_TYPE, KEY, OUTBOX_EVENT, TOPIC,
+    Container, FieldAttrs, AGGREGATE, AGGREGATE_ID, ALLOW_TOPIC_VERSION_MISMATCH, EVENT_TYPE, KEY,
+    OUTBOX_EVENT, TOPIC,
 };
 use crate::ctxt::Ctxt;
 use crate::validate;
@@ -75,22 +76,53 @@ fn parse_with<'a>(cx: &Ctxt, input: &'a DeriveInput) -> Option<Event<'a>> {
         }
     }
 
+    check_topic_version(cx, &container);
+
     let event_type = match container.event_type {
-        Some(given) => given,
+        Some(given) => given.map(|lit| lit.value()),
         None => default_event_type(cx, ident),
     };
 
     Some(Event {
         ident,
         event_type: event_type?,
-        topic: container.topic??,
-        aggregate: container.aggregate??,
+        topic: container.topic??.value(),
+        aggregate: container.aggregate??.value(),
         version: container.version.unwrap_or(Some(1))?,
         description: description(&input.attrs),
         aggregate_id: aggregate_id?,
         key,
         json_schema: container.json_schema,
     })
+}
+
+/// A topic ending in `.vN` must carry the event's version, unless the user
+/// opted out; an opt-out with nothing to allow is reported too, so it does
+/// not linger after the topic or version is fixed.
+fn check_topic_version(cx: &Ctxt, container: &Container) {
+    let (Some(Some(topic)), Some(version)) =
+        (&container.topic, container.version.unwrap_or(Some(1)))
+    else {
+        return;
+    };
+    let mismatch = validate::topic_version(&topic.value(), version, container.version.is_some());
+    match (mismatch, &container.allow_topic_version_mismatch) {
+        (Err(msg), None) => cx.error_spanned_by(topic, msg),
+        (Ok(()), Some(opt_out)) => {
+            let topic = topic.value();
+            let why = match validate::topic_version_suffix(&topic) {
+                Some(suffix) => {
+                    format!("topic `{topic}` ends in `.v{suffix}`, which is the event's `version`")
+                }
+                None => format!("topic `{topic}` does not end in `.vN`"),
+            };
+            cx.error_spanned_by(
+                opt_out,
+                format!("unneeded `{ALLOW_TOPIC_VERSION_MISMATCH}`: the {why}; remove it"),
+            );
+        }
+        (Err(_), Some(_)) | (Ok(()), None) => {}
+    }
 }
 
 /// The identifier as written, without `r#`: stable when the type moves
@@ -419,6 +451,56 @@ mod tests {
                 "`aggregate_id` is already on field `id`: exactly one field holds the aggregate id",
                 "`key` is already on field `k1`: at most one field can be the partition key",
             ]
+        );
+    }
+
+    #[test]
+    fn topic_version_suffix_must_match_the_version() {
+        let input = parse_quote! {
+            #[outbox_event(topic = "files.file-uploaded.v1", aggregate = "a", version = 2)]
+            struct E { #[outbox_event(aggregate_id)] id: u64 }
+        };
+        assert_eq!(
+            errors(&input),
+            ["topic `files.file-uploaded.v1` ends in `.v1` but the event's `version` is 2: set `version = 1`, or name the topic `files.file-uploaded.v2`; if the topic's suffix is not the event's version, add `allow_topic_version_mismatch`"]
+        );
+        let opted_out: DeriveInput = parse_quote! {
+            #[outbox_event(topic = "files.file-uploaded.v1", aggregate = "a", version = 2)]
+            #[outbox_event(allow_topic_version_mismatch)]
+            struct E { #[outbox_event(aggregate_id)] id: u64 }
+        };
+        let event = parse(&opted_out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (event.topic.as_str(), event.version),
+            ("files.file-uploaded.v1", 2)
+        );
+    }
+
+    #[test]
+    fn topic_version_opt_out_must_be_needed_and_bare() {
+        let unneeded = parse_quote! {
+            #[outbox_event(topic = "files.uploaded.v2", aggregate = "a", version = 2, allow_topic_version_mismatch)]
+            struct E { #[outbox_event(aggregate_id)] id: u64 }
+        };
+        assert_eq!(
+            errors(&unneeded),
+            ["unneeded `allow_topic_version_mismatch`: the topic `files.uploaded.v2` ends in `.v2`, which is the event's `version`; remove it"]
+        );
+        let unversioned = parse_quote! {
+            #[outbox_event(topic = "files.uploaded", aggregate = "a", allow_topic_version_mismatch)]
+            struct E { #[outbox_event(aggregate_id)] id: u64 }
+        };
+        assert_eq!(
+            errors(&unversioned),
+            ["unneeded `allow_topic_version_mismatch`: the topic `files.uploaded` does not end in `.vN`; remove it"]
+        );
+        let with_value = parse_quote! {
+            #[outbox_event(topic = "t.v2", aggregate = "a", allow_topic_version_mismatch = true)]
+            struct E { #[outbox_event(aggregate_id)] id: u64 }
+        };
+        assert_eq!(
+            errors(&with_value),
+            ["`allow_topic_version_mismatch` takes no value: write `#[outbox_event(allow_topic_version_mismatch)]`"]
         );
     }
 

@@ -80,6 +80,32 @@ pub(crate) fn event_type(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `N` of a topic ending in `.vN`, as written.
+pub(crate) fn topic_version_suffix(topic: &str) -> Option<&str> {
+    let (_, suffix) = topic.rsplit_once(".v")?;
+    let all_digits = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit());
+    all_digits.then_some(suffix)
+}
+
+/// A topic ending in `.vN` names the schema version of its events: `N` must
+/// be the event's `version`. `version_given` says whether `version = ...`
+/// was written, for the message.
+pub(crate) fn topic_version(topic: &str, version: u32, version_given: bool) -> Result<(), String> {
+    let Some(suffix) = topic_version_suffix(topic) else {
+        return Ok(());
+    };
+    if suffix.parse::<u32>() == Ok(version) {
+        return Ok(());
+    }
+    let stem = &topic[..topic.len() - suffix.len()];
+    let default = if version_given { "" } else { " (the default)" };
+    Err(format!(
+        "topic `{topic}` ends in `.v{suffix}` but the event's `version` is {version}{default}: \
+         set `version = {suffix}`, or name the topic `{stem}{version}`; \
+         if the topic's suffix is not the event's version, add `allow_topic_version_mismatch`"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +174,34 @@ mod tests {
         assert!(event_type(&"E".repeat(250))
             .unwrap_err()
             .contains("250 characters long"));
+    }
+
+    #[test]
+    fn topic_versions() {
+        for (topic, version) in [
+            ("files.file-uploaded.v1", 1),
+            ("files.file-uploaded.v2", 2),
+            ("files.file-uploaded.v01", 1),
+            ("files.file-uploaded", 3),
+            ("files.v2.uploaded", 1),
+            ("files.file-uploaded.v", 1),
+            ("files.file-uploaded.v2x", 1),
+            ("files.file-uploaded-v2", 1),
+        ] {
+            assert_eq!(topic_version(topic, version, true), Ok(()), "{topic}");
+        }
+        let err = topic_version("files.file-uploaded.v2", 1, false).unwrap_err();
+        assert_eq!(
+            err,
+            "topic `files.file-uploaded.v2` ends in `.v2` but the event's `version` is 1 (the default): \
+             set `version = 2`, or name the topic `files.file-uploaded.v1`; \
+             if the topic's suffix is not the event's version, add `allow_topic_version_mismatch`"
+        );
+        let err = topic_version("t.v1", 3, true).unwrap_err();
+        assert!(err.contains("`version` is 3: set `version = 1`"), "{err}");
+        assert!(err.contains("name the topic `t.v3`"), "{err}");
+        assert!(topic_version("t.v99999999999", 1, true).is_err());
+        assert_eq!(topic_version_suffix("a.v12"), Some("12"));
+        assert_eq!(topic_version_suffix("a.v12.b"), None);
     }
 }

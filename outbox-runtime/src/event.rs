@@ -42,8 +42,11 @@ pub trait OutboxEvent: Serialize + 'static {
     }
 }
 
-/// What the registry knows about one event type. Built by a `const fn` so the
-/// derive can submit it to the compile-time registry.
+/// What the registry knows about one event type.
+///
+/// The derive builds it as a struct literal in a `const`, so the value can be
+/// submitted to the compile-time registry; hand-written impls can do the same
+/// or use [`EventRegistration::new`].
 #[derive(Debug, Clone, Copy)]
 pub struct EventRegistration {
     /// Full Rust path of the type, e.g. `file_service::events::BatchFileAddedV1`.
@@ -64,10 +67,40 @@ pub struct EventRegistration {
     /// The payload's JSON schema, when the type opts in with
     /// `#[outbox_event(json_schema)]`.
     pub payload_schema: Option<fn() -> serde_json::Value>,
+    /// The field marked `#[outbox_event(aggregate_id)]`; `None` for a
+    /// registration written by hand that does not say.
+    pub aggregate_id_field: Option<&'static str>,
+    /// The field marked `#[outbox_event(key)]`; `None` when the aggregate id
+    /// is the Kafka key.
+    pub key_field: Option<&'static str>,
 }
 
 impl EventRegistration {
-    /// Builds a registration; `const` so it can be submitted at compile time.
+    /// Builds a registration for a hand-written [`OutboxEvent`] impl; `const`
+    /// so it can be submitted at compile time. The aggregate id and key
+    /// fields are left unnamed: set [`aggregate_id_field`](Self::aggregate_id_field)
+    /// and [`key_field`](Self::key_field) with struct update syntax so the
+    /// [contract check](crate::registry::snapshot) can compare them.
+    ///
+    /// ```
+    /// use outbox::EventRegistration;
+    ///
+    /// const REGISTRATION: EventRegistration = EventRegistration {
+    ///     aggregate_id_field: Some("batch_id"),
+    ///     ..EventRegistration::new(
+    ///         "billing::InvoiceIssuedV1",
+    ///         "InvoiceIssuedV1",
+    ///         "billing.invoice-issued.v1",
+    ///         "batch",
+    ///         1,
+    ///         "An invoice was issued.",
+    ///         core::any::TypeId::of::<()>,
+    ///         None,
+    ///     )
+    /// };
+    /// assert_eq!(REGISTRATION.key_field, None);
+    /// assert_eq!(REGISTRATION.aggregate_id_field, Some("batch_id"));
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub const fn new(
         rust_type: &'static str,
@@ -88,6 +121,8 @@ impl EventRegistration {
             description,
             type_id,
             payload_schema,
+            aggregate_id_field: None,
+            key_field: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `$ref` in it resolves, and a real envelope validates against its
 //! message's payload schema.
 
-use outbox::asyncapi::{asyncapi_document, AsyncApiInfo};
+use outbox::registry::asyncapi::{asyncapi_document, AsyncApiInfo};
 use outbox::{Envelope, EnvelopeMetadata, OutboxEvent};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -48,7 +48,8 @@ struct BatchFileAddedV1 {
     topic = "files.batch-file-added.v1",
     aggregate = "file_upload",
     event_type = "files.BatchFileRemoved",
-    version = 2
+    version = 2,
+    allow_topic_version_mismatch
 )]
 struct BatchFileRemoved {
     #[outbox_event(aggregate_id)]

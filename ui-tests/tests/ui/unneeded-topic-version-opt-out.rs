@@ -1,0 +1,16 @@
+use outbox::OutboxEvent;
+use serde::Serialize;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox_event(
+    topic = "files.file-uploaded.v2",
+    aggregate = "file_upload",
+    version = 2,
+    allow_topic_version_mismatch
+)]
+struct FileUploadedV2 {
+    #[outbox_event(aggregate_id)]
+    file_upload_id: u64,
+}
+
+fn main() {}
