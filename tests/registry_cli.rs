@@ -21,10 +21,12 @@ struct BatchFileAddedV1 {
 
 /// A batch was closed.
 #[derive(Serialize, OutboxEvent)]
-#[outbox_event(topic = "batches.batch-closed.v1", aggregate = "batch", version = 2)]
+#[outbox_event(topic = "batches.batch-closed.v2", aggregate = "batch", version = 2)]
 struct BatchClosedV2 {
     #[outbox_event(aggregate_id)]
     batch_id: String,
+    #[outbox_event(key)]
+    course_id: String,
 }
 
 struct Run {
@@ -101,7 +103,7 @@ fn registry_list_shows_this_binarys_events() -> Result<(), String> {
         &table,
     )?;
     check(
-        table.stdout.contains("batches.batch-closed.v1"),
+        table.stdout.contains("batches.batch-closed.v2"),
         "topic column",
         &table,
     )
@@ -124,7 +126,7 @@ fn registry_export_writes_asyncapi() -> Result<(), String> {
     check(doc["asyncapi"] == "3.0.0", "AsyncAPI 3.0.0", &run)?;
     check(doc["info"]["title"] == "svc", "title", &run)?;
     check(
-        doc["channels"]["batches.batch-closed.v1"]["address"] == "prod.batches.batch-closed.v1",
+        doc["channels"]["batches.batch-closed.v2"]["address"] == "prod.batches.batch-closed.v2",
         "prefixed channel address",
         &run,
     )?;
@@ -170,12 +172,164 @@ fn registry_export_writes_asyncapi() -> Result<(), String> {
     )
 }
 
+/// A snapshot file of this binary's registry, edited by `edit`: an edit to
+/// the committed snapshot stands for the opposite edit to the code.
+fn snapshot_file(name: &str, edit: impl FnOnce(&mut Value)) -> Result<String, String> {
+    let run = cli(&["outbox", "registry", "snapshot"])?;
+    check(run.code == 0, "snapshot exits 0", &run)?;
+    let mut snapshot = json(&run)?;
+    edit(&mut snapshot);
+    let path = std::env::temp_dir().join(format!(
+        "outbox-events-{name}-{}.lock.json",
+        std::process::id()
+    ));
+    let text = serde_json::to_string_pretty(&snapshot).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+fn registry_snapshot_prints_the_contracts() -> Result<(), String> {
+    let run = cli(&["outbox", "registry", "snapshot"])?;
+    check(run.code == 0, "exit 0", &run)?;
+    let snapshot = json(&run)?;
+    check(snapshot["snapshot_format"] == 1, "format", &run)?;
+    let closed = &snapshot["events"][0];
+    check(
+        closed["event_type"] == "BatchClosedV2"
+            && closed["version"] == 2
+            && closed["topic"] == "batches.batch-closed.v2"
+            && closed["aggregate_type"] == "batch"
+            && closed["aggregate_id_field"] == "batch_id"
+            && closed["key_field"] == "course_id"
+            && closed["payload_schema"].is_null(),
+        "the contract of BatchClosedV2",
+        &run,
+    )?;
+    check(
+        snapshot["events"][1]["key_field"] == "file_upload_id",
+        "the aggregate id is the default key",
+        &run,
+    )
+}
+
+fn registry_check_passes_against_its_own_snapshot() -> Result<(), String> {
+    let path = snapshot_file("same", |_| {})?;
+    let run = cli(&["outbox", "registry", "check", "--against", &path])?;
+    let _ = std::fs::remove_file(&path);
+    check(run.code == 0, "exit 0", &run)?;
+    check(
+        run.stdout
+            .contains("2 event contracts checked: compatible with the snapshot"),
+        "summary",
+        &run,
+    )?;
+    check(
+        outbox::registry::snapshot::COMPARES_SCHEMAS
+            || run.stdout.contains(
+                "note: payload schemas not compared: this binary was built without the `json-schema` feature",
+            ),
+        "says the payload schemas were not compared",
+        &run,
+    )
+}
+
+fn registry_check_fails_on_a_breaking_change_naming_event_and_field() -> Result<(), String> {
+    // The committed snapshot had another key field and topic: the code changed both.
+    let path = snapshot_file("breaking", |snapshot| {
+        snapshot["events"][0]["key_field"] = "batch_id".into();
+        snapshot["events"][1]["topic"] = "files.file-added.v1".into();
+    })?;
+    let run = cli(&["outbox", "registry", "check", "--against", &path])?;
+    check(run.code == 4, "exit 4", &run)?;
+    check(
+        run.stdout.contains("breaking: `BatchClosedV2` v2: Kafka key now read from `course_id` instead of `batch_id`"),
+        "names the event and the key field",
+        &run,
+    )?;
+    check(
+        run.stdout.contains("breaking: `BatchFileAddedV1` v1: topic changed from `files.file-added.v1` to `files.batch-file-added.v1`"),
+        "names the topic change",
+        &run,
+    )?;
+    check(
+        run.stderr.contains(&format!(
+            "error: 2 breaking changes against the snapshot {path}"
+        )),
+        "summary on stderr",
+        &run,
+    )?;
+    let as_json = cli(&["outbox", "--json", "registry", "check", "--against", &path])?;
+    let _ = std::fs::remove_file(&path);
+    check(as_json.code == 4, "exit 4", &as_json)?;
+    let report = json(&as_json)?;
+    check(
+        report["compatible"] == false
+            && report["findings"][0]["event_type"] == "BatchClosedV2"
+            && report["findings"][0]["breaking"] == true,
+        "JSON report",
+        &as_json,
+    )
+}
+
+fn registry_check_accepts_a_new_event_and_reports_a_retired_one() -> Result<(), String> {
+    // The committed snapshot lacked BatchClosedV2 and had a version since removed.
+    let path = snapshot_file("versions", |snapshot| {
+        let events = snapshot["events"].as_array_mut().expect("events");
+        let mut retired = events.remove(0);
+        retired["event_type"] = "BatchOpenedV1".into();
+        retired["version"] = 1.into();
+        events.push(retired);
+    })?;
+    let run = cli(&["outbox", "registry", "check", "--against", &path])?;
+    let _ = std::fs::remove_file(&path);
+    check(run.code == 0, "exit 0", &run)?;
+    check(
+        run.stdout
+            .contains("compatible: `BatchClosedV2` v2: new, declared by")
+            && run
+                .stdout
+                .contains("compatible: `BatchOpenedV1` v1: no longer declared"),
+        "new and retired entries",
+        &run,
+    )
+}
+
+fn registry_check_names_an_unreadable_snapshot() -> Result<(), String> {
+    let run = cli(&[
+        "outbox",
+        "registry",
+        "check",
+        "--against",
+        "/nonexistent-dir/events.lock.json",
+    ])?;
+    check(run.code == 1, "exit 1", &run)?;
+    check(
+        run.stderr
+            .contains("could not read the snapshot /nonexistent-dir/events.lock.json"),
+        "names the file",
+        &run,
+    )?;
+    let path = std::env::temp_dir().join(format!("outbox-not-json-{}.json", std::process::id()));
+    std::fs::write(&path, "[1, 2]").map_err(|e| e.to_string())?;
+    let path_text = path.to_string_lossy().into_owned();
+    let run = cli(&["outbox", "registry", "check", "--against", &path_text])?;
+    let _ = std::fs::remove_file(&path);
+    check(run.code == 1, "exit 1", &run)?;
+    check(
+        run.stderr.contains(&format!(
+            "{path_text}: not a registry snapshot; write one with `outbox registry snapshot`: invalid type"
+        )),
+        "names the file and the cause",
+        &run,
+    )
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(CHILD).is_some() {
         let args: Vec<_> = std::env::args_os().skip(1).collect();
         return outbox::cli::run_from(args);
     }
-    let tests: [(&str, Check); 2] = [
+    let tests: [(&str, Check); 7] = [
         (
             "registry_list_shows_this_binarys_events",
             registry_list_shows_this_binarys_events,
@@ -183,6 +337,26 @@ fn main() -> ExitCode {
         (
             "registry_export_writes_asyncapi",
             registry_export_writes_asyncapi,
+        ),
+        (
+            "registry_snapshot_prints_the_contracts",
+            registry_snapshot_prints_the_contracts,
+        ),
+        (
+            "registry_check_passes_against_its_own_snapshot",
+            registry_check_passes_against_its_own_snapshot,
+        ),
+        (
+            "registry_check_fails_on_a_breaking_change_naming_event_and_field",
+            registry_check_fails_on_a_breaking_change_naming_event_and_field,
+        ),
+        (
+            "registry_check_accepts_a_new_event_and_reports_a_retired_one",
+            registry_check_accepts_a_new_event_and_reports_a_retired_one,
+        ),
+        (
+            "registry_check_names_an_unreadable_snapshot",
+            registry_check_names_an_unreadable_snapshot,
         ),
     ];
     let mut failed = 0;

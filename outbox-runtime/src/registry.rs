@@ -17,6 +17,8 @@
 //! registry::validate().unwrap();
 //! ```
 
+pub mod snapshot;
+
 use std::collections::BTreeMap;
 
 use crate::event::{EventRegistration, OutboxEvent};
@@ -149,7 +151,18 @@ mod tests {
         event_type: &'static str,
         topic: &'static str,
     ) -> EventRegistration {
-        EventRegistration::new(rust_type, event_type, topic, "batch", 1, "", tid, None)
+        EventRegistration {
+            rust_type,
+            event_type,
+            topic,
+            aggregate_type: "batch",
+            version: 1,
+            description: "",
+            type_id: tid,
+            payload_schema: None,
+            aggregate_id_field: Some("batch_id"),
+            key_field: None,
+        }
     }
 
     static A: EventRegistration = reg("a::Added", "Added", "t.added");

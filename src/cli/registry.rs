@@ -1,10 +1,13 @@
-//! `outbox registry list` and `outbox registry export`: the event types
-//! compiled into the running binary.
+//! `outbox registry list`, `export`, `snapshot` and `check`: the event types
+//! compiled into the running binary, and their contracts against a
+//! committed snapshot.
 
 use super::{output, CliError, CliResult, Exit, Global};
-use crate::registry::asyncapi::{asyncapi_document, AsyncApiInfo};
 use crate::registry;
+use crate::registry::asyncapi::{asyncapi_document, AsyncApiInfo};
+use crate::registry::snapshot::{self, CheckReport, RegistrySnapshot};
 use clap::{Subcommand, ValueEnum};
+use std::error::Error;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -13,6 +16,20 @@ pub(crate) enum RegistryCommand {
     List,
     /// A machine-readable catalogue of the registered events.
     Export(ExportArgs),
+    /// The event contracts (type, version, topic, aggregate, id and key
+    /// fields, payload schema) as JSON on stdout, to commit as
+    /// `events.lock.json`.
+    Snapshot,
+    /// Fails (exit 4) when a contract changed incompatibly against a
+    /// committed snapshot while keeping its version.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckArgs {
+    /// The committed snapshot, e.g. `events.lock.json`.
+    #[arg(long, value_name = "FILE")]
+    against: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -53,7 +70,95 @@ pub(crate) fn run(global: &Global, command: RegistryCommand) -> CliResult {
     match command {
         RegistryCommand::List => list(global),
         RegistryCommand::Export(args) => export(args),
+        RegistryCommand::Snapshot => write_snapshot(),
+        RegistryCommand::Check(args) => check(global, &args),
     }
+}
+
+fn valid_registry(what: &str) -> CliResult {
+    registry::validate().map_err(|error| {
+        CliError::new(
+            Exit::Conflict,
+            format!("{error}; fix the registry before {what}"),
+        )
+    })?;
+    if registry::registrations().is_empty() {
+        output::eprint_line(EMPTY_REGISTRY);
+    }
+    Ok(())
+}
+
+/// `error` and its sources, `: `-separated.
+fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn write_snapshot() -> CliResult {
+    valid_registry("taking a snapshot")?;
+    let text = snapshot::snapshot()
+        .to_json()
+        .map_err(|e| CliError::failure(chain(&e)))?;
+    output::print(text.trim_end())
+}
+
+fn check(global: &Global, args: &CheckArgs) -> CliResult {
+    valid_registry("checking it")?;
+    let path = args.against.display();
+    let text = std::fs::read_to_string(&args.against).map_err(|e| {
+        CliError::failure(format!(
+            "could not read the snapshot {path}: {e}; write one with `outbox registry snapshot > {path}`"
+        ))
+    })?;
+    let committed = RegistrySnapshot::from_json(&text)
+        .map_err(|e| CliError::failure(format!("{path}: {}", chain(&e))))?;
+    let report = snapshot::check(&committed);
+    if global.json {
+        output::print_json(&report_json(&report))?;
+    } else {
+        output::print(&report.to_string())?;
+    }
+    if report.is_compatible() {
+        return Ok(());
+    }
+    let breaking = report.breaking().count();
+    let changes = if breaking == 1 { "change" } else { "changes" };
+    Err(CliError::new(
+        Exit::Conflict,
+        format!("{breaking} breaking {changes} against the snapshot {path}"),
+    ))
+}
+
+fn report_json(report: &CheckReport) -> serde_json::Value {
+    let findings: Vec<_> = report
+        .findings
+        .iter()
+        .map(|finding| {
+            serde_json::json!({
+                "event_type": finding.event_type,
+                "version": finding.version,
+                "breaking": finding.change.is_breaking(),
+                "field": finding.change.field(),
+                "message": finding.change.to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "compatible": report.is_compatible(),
+        "compiled": report.compiled,
+        "schemas_compared": report.schemas_compared,
+        "notes": if report.schemas_compared {
+            Vec::new()
+        } else {
+            vec![snapshot::SCHEMAS_NOT_COMPARED]
+        },
+        "findings": findings,
+    })
 }
 
 fn list(global: &Global) -> CliResult {
@@ -117,15 +222,7 @@ fn list(global: &Global) -> CliResult {
 }
 
 fn export(args: ExportArgs) -> CliResult {
-    registry::validate().map_err(|error| {
-        CliError::new(
-            Exit::Conflict,
-            format!("{error}; fix the registry before exporting it"),
-        )
-    })?;
-    if registry::registrations().is_empty() {
-        output::eprint_line(EMPTY_REGISTRY);
-    }
+    valid_registry("exporting it")?;
     let Format::Asyncapi = args.format;
     let info = AsyncApiInfo {
         title: args.title.unwrap_or_else(program_name),
