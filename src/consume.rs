@@ -4,4 +4,6 @@
 //! See `docs/guide/consumers.md`.
 
 pub use outbox_runtime::consume::*;
-pub use outbox_runtime::{Envelope, EnvelopeMetadata, Inbox, InboxError, InboxOutcome, INBOX_TABLE};
+pub use outbox_runtime::{
+    Envelope, EnvelopeMetadata, Inbox, InboxError, InboxOutcome, INBOX_TABLE,
+};

@@ -3,7 +3,9 @@
 //!
 //! See `docs/guide/operations.md`.
 
-pub use outbox_runtime::ops::health::{check as health_check, HealthConfig, HealthProbe, HealthReport};
+pub use outbox_runtime::ops::health::{
+    check as health_check, HealthConfig, HealthProbe, HealthReport,
+};
 pub use outbox_runtime::ops::queue_stats::{
     queue_stats, queue_summary, QueueStats, QueueSummary, StatsError, TopicStats,
 };

@@ -26,3 +26,8 @@ pub use outbox_runtime::EventRegistration;
 pub mod asyncapi {
     pub use outbox_runtime::asyncapi::*;
 }
+
+/// The JSON schema of an event payload, as the registry stores it
+/// (feature `json-schema`).
+#[cfg(feature = "json-schema")]
+pub use outbox_runtime::json_schema::payload_schema;

@@ -6,8 +6,7 @@
 //! it promises.
 
 pub use outbox_runtime::relay::{
-    DeadEventPolicy, Relay, RelayConfig, RelayCounters, RelayHandle, RelayStats, Retention,
-    SHARDS,
+    DeadEventPolicy, Relay, RelayConfig, RelayCounters, RelayHandle, RelayStats, Retention, SHARDS,
 };
 pub use outbox_runtime::RelayError;
 

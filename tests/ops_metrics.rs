@@ -291,7 +291,13 @@ async fn an_idle_relay_serves_every_counter_at_zero() {
     assert_eq!(status, 200, "{body}");
     validate_openmetrics(&body).unwrap();
     let scraped = scrape(&body);
-    for kind in ["database", "broker_unreachable", "delivery", "producer", "reordered"] {
+    for kind in [
+        "database",
+        "broker_unreachable",
+        "delivery",
+        "producer",
+        "reordered",
+    ] {
         assert_eq!(
             value(&scraped, "outbox_relay_errors_total", &[("kind", kind)]),
             Some(0.0),
@@ -308,7 +314,11 @@ async fn an_idle_relay_serves_every_counter_at_zero() {
             "outbox_events_failed_total",
         ] {
             assert_eq!(
-                value(&scraped, name, &[("topic", topic), ("event_type", event_type)]),
+                value(
+                    &scraped,
+                    name,
+                    &[("topic", topic), ("event_type", event_type)]
+                ),
                 Some(0.0),
                 "{name} for {event_type} in\n{body}"
             );

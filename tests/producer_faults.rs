@@ -35,8 +35,8 @@ mod support;
 
 use fixtures::tallies::{all_arrived, first_copies, print_tally_line, Delivery};
 use mock_broker::{MockKafka, PartitionReader};
-use outbox::{Outbox, OutboxEvent, Relay, RelayHandle};
 use outbox::relay::{RelayStats, Retention};
+use outbox::{Outbox, OutboxEvent, Relay, RelayHandle};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr as RespErr};
 use serde::Serialize;
 use std::collections::HashMap;

@@ -166,7 +166,9 @@ mod tests {
     /// An error that prints its cause in its own message makes chain
     /// reporters (anyhow, eyre, tracing) print the cause twice.
     fn cause_printed_once(error: &(dyn Error + 'static)) {
-        let source = error.source().expect("the error keeps its cause as source()");
+        let source = error
+            .source()
+            .expect("the error keeps its cause as source()");
         let text = error.to_string();
         assert!(
             !text.contains(&source.to_string()),
@@ -192,7 +194,9 @@ mod tests {
         cause_printed_once(&RelayError::Kafka {
             source: rdkafka::error::KafkaError::ClientCreation("bad".into()),
         });
-        cause_printed_once(&MigrateError::new(sqlx::migrate::MigrateError::VersionMissing(1)));
+        cause_printed_once(&MigrateError::new(
+            sqlx::migrate::MigrateError::VersionMissing(1),
+        ));
         cause_printed_once(&crate::ops::admin::AdminError::Database {
             action: "listing",
             source: sqlx::Error::PoolTimedOut,

@@ -1,5 +1,5 @@
 //! JSON schemas of event payloads (feature `json-schema`), used by
-//! `#[outbox_event(json_schema)]` and the [AsyncAPI export](crate::asyncapi).
+//! `#[outbox_event(json_schema)]` and the AsyncAPI export (`outbox::registry::asyncapi`).
 
 /// The JSON Schema (draft-07, the dialect AsyncAPI 3.0 schemas extend) of
 /// `T`, with its definitions under `definitions`.
@@ -10,7 +10,7 @@
 ///     file_upload_id: u64,
 /// }
 ///
-/// let schema = outbox::json_schema::payload_schema::<FileUploadedV1>();
+/// let schema = outbox::registry::payload_schema::<FileUploadedV1>();
 /// assert_eq!(schema["properties"]["file_upload_id"]["type"], "integer");
 /// ```
 pub fn payload_schema<T: schemars::JsonSchema>() -> serde_json::Value {

@@ -41,10 +41,10 @@ pub use migrate::{migrate, migrate_in_schema, MIGRATOR};
 /// [`Registry`](prometheus_client::registry::Registry) with it to be sure the
 /// versions match.
 pub use prometheus_client;
+pub use publish::{EventBatch, Outbox, OutboxBuilder, TransactionalPublish, DEFAULT_NOTIFY_WINDOW};
 /// The `rdkafka` crate the relay and consumers are built on: build their
 /// [`ClientConfig`](rdkafka::ClientConfig) with it to be sure the versions
 /// match.
 pub use rdkafka;
-pub use publish::{EventBatch, Outbox, OutboxBuilder, TransactionalPublish, DEFAULT_NOTIFY_WINDOW};
 pub use relay::{Relay, RelayConfig, RelayHandle};
 pub use topic::{create_registry_topics, create_topics, validate_topic_name, TopicError};

@@ -187,7 +187,10 @@ impl OutboxMetrics {
             }),
         };
         for kind in ErrorKind::ALL {
-            let _zero = metrics.inner.relay_errors.get_or_create(&ErrorLabels { kind });
+            let _zero = metrics
+                .inner
+                .relay_errors
+                .get_or_create(&ErrorLabels { kind });
         }
         for registration in crate::registry::registrations() {
             let labels = EventLabels {
@@ -386,14 +389,26 @@ mod tests {
     fn every_error_kind_and_the_other_series_of_a_seen_event_type_start_at_zero() {
         let m = OutboxMetrics::new();
         let idle = exposition(&m);
-        for kind in ["database", "broker_unreachable", "delivery", "producer", "reordered"] {
+        for kind in [
+            "database",
+            "broker_unreachable",
+            "delivery",
+            "producer",
+            "reordered",
+        ] {
             let line = format!("outbox_relay_errors_total{{kind=\"{kind}\"}} 0");
-            assert!(idle.lines().any(|l| l == line), "missing {line:?} in\n{idle}");
+            assert!(
+                idle.lines().any(|l| l == line),
+                "missing {line:?} in\n{idle}"
+            );
         }
         m.event_published("seen.v1", "Seen", 0.1);
         let text = exposition(&m);
         let line = "outbox_events_failed_total{topic=\"seen.v1\",event_type=\"Seen\"} 0";
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub enum Exit {
     /// (or has no dead events to act on).
     NotFound,
     /// 4: a conflict: the event is not in a state the command can act on
-    /// (retrying an event that is not dead), or the registry has conflicting
-    /// registrations.
+    /// (retrying an event that is not dead), the registry has conflicting
+    /// registrations, or `registry check` found a breaking change to an
+    /// event contract.
     Conflict,
 }
 

@@ -1,10 +1,10 @@
 //! The outbox's health: unhealthy when the oldest pending event is too old,
 //! when dead events wait for an operator (configurable), or when the relay
 //! loop has stalled. Serve [`HealthReport`] from a service's own endpoint, or
-//! use [`ops_router`](crate::ops_router) for `/health` and `/metrics`.
+//! use `outbox::ops::http::ops_router` (feature `http`) for `/health` and `/metrics`.
 //!
 //! ```no_run
-//! use outbox::health::{check, HealthConfig};
+//! use outbox::ops::{health_check as check, HealthConfig};
 //!
 //! # async fn run(pool: sqlx::PgPool, relay: outbox::RelayHandle) {
 //! let counters = relay.counters();
@@ -18,8 +18,8 @@
 //! ```
 
 use crate::identifier::{Names, SchemaName};
-use crate::relay::RelayCounters;
 use crate::ops::queue_stats::{fetch_summary, summary_sql, QueueSummary};
+use crate::relay::RelayCounters;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;

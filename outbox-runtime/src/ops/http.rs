@@ -23,7 +23,7 @@ struct Ops {
 }
 
 /// A router serving `GET /metrics` (the registry in the OpenMetrics text
-/// format) and `GET /health` (a [`HealthReport`](crate::HealthReport) as
+/// format) and `GET /health` (a [`HealthReport`](crate::ops::health::HealthReport) as
 /// JSON: status 200 when healthy, 503 when not).
 ///
 /// ```no_run

@@ -63,10 +63,7 @@ impl<'c> TransactionalPublish<'c> {
 
     /// An empty batch carrying this transaction's context.
     pub fn batch(&self) -> EventBatch {
-        EventBatch::new(
-            self.writer.source_service.clone(),
-            self.context.clone(),
-        )
+        EventBatch::new(self.writer.source_service.clone(), self.context.clone())
     }
 
     /// Adds one event; returns its id.

@@ -1,12 +1,12 @@
 //! The [`Outbox`] handle a service publishes through.
 
+use super::batch::EventBatch;
+use super::guard::TransactionalPublish;
+use super::writer::Writer;
 use crate::context::PublishContext;
 use crate::error::{ConfigError, PublishError};
 use crate::identifier::{Names, SchemaName};
 use crate::metrics::OutboxMetrics;
-use super::batch::EventBatch;
-use super::guard::TransactionalPublish;
-use super::writer::Writer;
 use crate::OutboxEvent;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 
 use crate::identifier::Names;
 use crate::metrics::OutboxMetrics;
-use crate::relay::config::Retention;
 use crate::ops::queue_stats::{fetch_summary, summary_sql};
+use crate::relay::config::Retention;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
