@@ -3,9 +3,9 @@
 //! none):
 //!
 //! ```text
-//! cargo run --example registry_cli -- outbox registry list
-//! cargo run --example registry_cli -- outbox registry export --format asyncapi --output events.json
-//! DATABASE_URL=postgres://... cargo run --example registry_cli -- outbox status
+//! cargo run --features cli --example registry_cli -- outbox registry list
+//! cargo run --features cli --example registry_cli -- outbox registry export --format asyncapi --output events.json
+//! DATABASE_URL=postgres://... cargo run --features cli --example registry_cli -- outbox status
 //! ```
 //!
 //! Without the `outbox` argument the binary would run the service itself.

@@ -363,7 +363,14 @@ async fn serialization_failure_is_typed_and_writes_nothing() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("refuses to serialize"), "{err}");
+    // serde's message is the cause, printed once by error-chain reporters.
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("refuses to serialize")),
+        "{err}: {cause:?}"
+    );
     let err = tx
         .publish(&Unserializable {
             id: "x".into(),
