@@ -158,6 +158,23 @@ impl MigrateError {
     }
 }
 
+/// An error and each of its causes, joined by `: `, for a log field or a
+/// header: the errors here print their cause only as `source()`, so a plain
+/// `%error` would leave it out.
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(next) = cause {
+            write!(f, ": {next}")?;
+            cause = next.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +190,18 @@ mod tests {
         assert!(
             !text.contains(&source.to_string()),
             "`{text}` repeats its source `{source}`"
+        );
+    }
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        let error = PublishError::Database {
+            action: "inserting",
+            source: sqlx::Error::PoolTimedOut,
+        };
+        assert_eq!(
+            Chain(&error).to_string(),
+            format!("outbox database error while inserting: {}", sqlx::Error::PoolTimedOut)
         );
     }
 

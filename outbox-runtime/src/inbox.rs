@@ -33,7 +33,7 @@ pub enum InboxOutcome {
 pub enum InboxError {
     /// A database statement failed.
     #[error(
-        "inbox database error while {action}: {source}; check that the `event_inbox` table \
+        "inbox database error while {action}; check that the `event_inbox` table \
          exists (run `outbox::migrate`) and that the role may read and write it"
     )]
     Database {

@@ -120,7 +120,7 @@ impl CliError {
 /// `error` and each of its causes, joined by `: `: the library's errors
 /// print their cause only as their `source()`, and a command line prints
 /// the whole chain on one line.
-pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {

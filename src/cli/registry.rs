@@ -7,7 +7,6 @@ use crate::registry;
 use crate::registry::asyncapi::{asyncapi_document, AsyncApiInfo};
 use crate::registry::snapshot::{self, CheckReport, RegistrySnapshot};
 use clap::{Subcommand, ValueEnum};
-use std::error::Error;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -88,22 +87,11 @@ fn valid_registry(what: &str) -> CliResult {
     Ok(())
 }
 
-/// `error` and its sources, `: `-separated.
-fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 fn write_snapshot() -> CliResult {
     valid_registry("taking a snapshot")?;
     let text = snapshot::snapshot()
         .to_json()
-        .map_err(|e| CliError::failure(chain(&e)))?;
+        .map_err(|e| CliError::failure(super::with_causes(&e)))?;
     output::print(text.trim_end())
 }
 
@@ -116,7 +104,7 @@ fn check(global: &Global, args: &CheckArgs) -> CliResult {
         ))
     })?;
     let committed = RegistrySnapshot::from_json(&text)
-        .map_err(|e| CliError::failure(format!("{path}: {}", chain(&e))))?;
+        .map_err(|e| CliError::failure(format!("{path}: {}", super::with_causes(&e))))?;
     let report = snapshot::check(&committed);
     if global.json {
         output::print_json(&report_json(&report))?;

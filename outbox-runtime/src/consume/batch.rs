@@ -91,7 +91,7 @@ impl Handling {
                 Err(AttemptError::Infrastructure(error)) => {
                     self.counters.add(Counter::Error, 1);
                     let delay = infra_delays.next().unwrap_or(self.config.max_retry_backoff);
-                    tracing::warn!(%error, ?delay, "database error while handling a batch; retrying it (not counted as a handler failure)");
+                    tracing::warn!(error = %crate::error::Chain(&*error), ?delay, "database error while handling a batch; retrying it (not counted as a handler failure)");
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return Flow::Stop;
                     }
@@ -99,7 +99,7 @@ impl Handling {
                 }
                 Err(AttemptError::Handler(error)) => {
                     self.counters.add(Counter::BatchFallback, 1);
-                    tracing::warn!(%error, size = indices.len(), "a handler failed; the batch rolled back; handling its messages one at a time");
+                    tracing::warn!(error = %crate::error::Chain(&*error), size = indices.len(), "a handler failed; the batch rolled back; handling its messages one at a time");
                     return self.handle_each(messages, &indices, shutdown).await;
                 }
             }
@@ -222,7 +222,7 @@ async fn run_handlers(
         } else {
             let info = event.info();
             if let Err(error) = catch_panic(context.scope(event.handle(tx))).await {
-                tracing::debug!(event_id = %info.event_id, correlation_id = %info.correlation_id, location = ?info.location, %error, "handler failed inside a batch");
+                tracing::debug!(event_id = %info.event_id, correlation_id = %info.correlation_id, location = ?info.location, error = %crate::error::Chain(&*error), "handler failed inside a batch");
                 return Err(AttemptError::Handler(error));
             }
         }

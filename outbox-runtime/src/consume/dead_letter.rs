@@ -54,7 +54,7 @@ pub(crate) fn dead_letter_headers(
         _ => 0,
     };
     let fields = [
-        (headers::ERROR, error.to_string()),
+        (headers::ERROR, crate::error::Chain(&error).to_string()),
         (headers::ERROR_KIND, error.kind().to_owned()),
         (headers::ORIGINAL_TOPIC, message.topic().to_owned()),
         (headers::ORIGINAL_PARTITION, message.partition().to_string()),

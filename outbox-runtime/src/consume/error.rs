@@ -132,7 +132,7 @@ pub enum ConsumeError {
     /// registered Rust type.
     #[error(
         "the data of event {event_id}{} (type `{event_type}`) does not deserialize into \
-         `{rust_type}`: {source}; the producer and this consumer disagree on the schema",
+         `{rust_type}`; the producer and this consumer disagree on the schema",
         at(.location)
     )]
     MalformedPayload {
@@ -151,7 +151,7 @@ pub enum ConsumeError {
     /// The handler failed on every attempt (or returned a [`Permanent`] error).
     #[error(
         "the handler of event {event_id}{} (type `{event_type}`) failed after {attempts} \
-         attempt(s): {source}",
+         attempt(s)",
         at(.location)
     )]
     Handler {
@@ -229,7 +229,7 @@ impl ConsumeError {
 /// assert!(Permanent::is_permanent(&err));
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("{0} (permanent: not retried)")]
+#[error("the handler failed permanently (not retried)")]
 pub struct Permanent(#[source] pub HandlerError);
 
 impl Permanent {
@@ -275,10 +275,10 @@ pub enum ConsumerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The dispatcher is invalid.
-    #[error("the consumer's dispatcher is invalid: {0}")]
+    #[error(transparent)]
     Dispatcher(#[from] DispatcherError),
     /// The compile-time registry has conflicting registrations.
-    #[error("the outbox event registry is inconsistent: {0}")]
+    #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The inbox table does not exist.
     #[error(
@@ -291,7 +291,7 @@ pub enum ConsumerError {
         table: String,
     },
     /// A database statement failed at start-up.
-    #[error("consumer database error while {action}: {source}")]
+    #[error("consumer database error while {action}")]
     Database {
         /// What the consumer was doing.
         action: &'static str,
@@ -300,7 +300,7 @@ pub enum ConsumerError {
         source: sqlx::Error,
     },
     /// A Kafka client could not be created or subscribed.
-    #[error("could not {action}: {source}; check the rdkafka ClientConfig and the topic names")]
+    #[error("could not {action}; check the rdkafka ClientConfig and the topic names")]
     Kafka {
         /// What failed.
         action: &'static str,

@@ -74,7 +74,7 @@ impl Handling {
     ) -> Flow {
         self.counters.add(Counter::DecodeError, 1);
         tracing::warn!(
-            %error,
+            error = %crate::error::Chain(&error),
             kind = error.kind(),
             event_id = ?error.event_id(),
             topic = message.topic(),
@@ -131,7 +131,7 @@ impl Handling {
                 Err(AttemptError::Infrastructure(error)) => {
                     self.counters.add(Counter::Error, 1);
                     let delay = infra_delays.next().unwrap_or(self.config.max_retry_backoff);
-                    tracing::warn!(%error, ?delay, "database error while handling; retrying (not counted as a handler failure)");
+                    tracing::warn!(error = %crate::error::Chain(&*error), ?delay, "database error while handling; retrying (not counted as a handler failure)");
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return Flow::Stop;
                     }
@@ -152,11 +152,11 @@ impl Handling {
                             attempts,
                             source: error,
                         };
-                        tracing::error!(%error, "handler failed for good; sending the message to the dead-letter topic");
+                        tracing::error!(error = %crate::error::Chain(&error), "handler failed for good; sending the message to the dead-letter topic");
                         return self.dead_letters.send(message, &error, shutdown).await;
                     };
                     self.counters.add(Counter::Retry, 1);
-                    tracing::warn!(%error, attempt = attempts, ?delay, "handler failed; its transaction rolled back; retrying");
+                    tracing::warn!(error = %crate::error::Chain(&*error), attempt = attempts, ?delay, "handler failed; its transaction rolled back; retrying");
                     if !sleep_or_shutdown(delay, shutdown).await {
                         return Flow::Stop;
                     }

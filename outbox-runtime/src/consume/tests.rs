@@ -125,7 +125,12 @@ fn every_failure_is_typed() {
         ),
         "{bad}"
     );
-    assert!(bad.to_string().contains("score"), "{bad}");
+    // serde's message, naming the missing field, is the cause.
+    let cause = std::error::Error::source(&bad).map(ToString::to_string);
+    assert!(
+        cause.as_deref().is_some_and(|c| c.contains("score")),
+        "{bad}: {cause:?}"
+    );
     assert_eq!(bad.event_id(), Some(Uuid::nil()));
 
     let other = decode::<Scored>(&envelope("OtherV1", 2, json!({}))[..]).unwrap_err();

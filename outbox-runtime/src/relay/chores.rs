@@ -3,6 +3,7 @@
 
 use crate::identifier::Names;
 use crate::metrics::OutboxMetrics;
+use crate::error::Chain;
 use crate::ops::queue_stats::{fetch_summary, summary_sql};
 use crate::relay::config::Retention;
 use sqlx::PgPool;
@@ -65,7 +66,10 @@ impl Chores {
         self.next_queue_gauges = Instant::now() + QUEUE_GAUGES_EVERY;
         match fetch_summary(pool, &self.queue_sql).await {
             Ok(summary) => metrics.set_queue(&summary),
-            Err(error) => tracing::warn!(%error, "outbox relay could not refresh the queue gauges"),
+            Err(error) => tracing::warn!(
+                error = %Chain(&error),
+                "outbox relay could not refresh the queue gauges"
+            ),
         }
     }
 
