@@ -201,7 +201,10 @@ mod tests {
         };
         assert_eq!(
             Chain(&error).to_string(),
-            format!("outbox database error while inserting: {}", sqlx::Error::PoolTimedOut)
+            format!(
+                "outbox database error while inserting: {}",
+                sqlx::Error::PoolTimedOut
+            )
         );
     }
 

@@ -1,9 +1,9 @@
 //! What a relay does beside delivering: refreshing the queue gauges of its
 //! metrics, and deleting published rows past their retention.
 
+use crate::error::Chain;
 use crate::identifier::Names;
 use crate::metrics::OutboxMetrics;
-use crate::error::Chain;
 use crate::ops::queue_stats::{fetch_summary, summary_sql};
 use crate::relay::config::Retention;
 use sqlx::PgPool;
