@@ -419,10 +419,10 @@ async fn partitions_are_handled_in_parallel_each_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_that_falls_behind_is_paused_and_resumed_without_losing_a_message() {
+async fn a_backlog_larger_than_the_partition_queue_is_consumed_whole_and_in_order() {
     let env = setup("backlog", 1).await;
     // Batches of 10 and a backlog of 3,000: the receiving loop outruns the
-    // worker by far more than the 520 messages that pause the partition.
+    // worker and waits on the partition's queue of 520 messages.
     let sent = env.produce(3_000, 30).await;
     let config = ConsumerConfig {
         batch_size: 10,

@@ -1,6 +1,13 @@
 //! One worker task per assigned partition: it takes what its partition
 //! has queued (up to a batch), handles it, and stores the offset past it.
 //! Partitions run in parallel, each in order.
+//!
+//! A partition's queue is bounded: when it is full the receiving loop waits
+//! for that worker, which holds up the other partitions once their queues
+//! are empty — for as long as one message waits for its retries. Pausing
+//! the partition in librdkafka instead would make it fetch again from the
+//! middle of a record batch on resume, and brokers that answer such a
+//! fetch from the next batch (Tansu 0.6 does) would skip messages for good.
 
 use super::client::LoopContext;
 use super::handling::Handling;
@@ -9,9 +16,8 @@ use super::stats::Counter;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::TopicPartitionList;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -26,65 +32,6 @@ pub(crate) struct WorkerEnv {
     /// Bounds the partitions handled at once.
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
-}
-
-/// Messages received for a partition and not yet taken by its worker; the
-/// partition is paused while too many wait, so one slow partition never
-/// holds up the others nor fills memory.
-struct Backlog {
-    queued: AtomicUsize,
-    paused: Mutex<bool>,
-    high: usize,
-    low: usize,
-}
-
-impl Backlog {
-    fn tpl(topic: &str, partition: i32) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        tpl
-    }
-
-    fn added(&self, consumer: &KafkaConsumer, topic: &str, partition: i32) {
-        if self.queued.fetch_add(1, Ordering::AcqRel) + 1 >= self.high {
-            self.set_paused(true, consumer, topic, partition);
-        }
-    }
-
-    fn taken(&self, n: usize, consumer: &KafkaConsumer, topic: &str, partition: i32) {
-        if self.queued.fetch_sub(n, Ordering::AcqRel).saturating_sub(n) <= self.low {
-            self.set_paused(false, consumer, topic, partition);
-        }
-    }
-
-    fn set_paused(&self, pause: bool, consumer: &KafkaConsumer, topic: &str, partition: i32) {
-        let Ok(mut paused) = self.paused.lock() else {
-            return;
-        };
-        if *paused == pause {
-            return;
-        }
-        let tpl = Self::tpl(topic, partition);
-        let done = if pause {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
-        };
-        match done {
-            Ok(()) => {
-                *paused = pause;
-                tracing::debug!(
-                    topic,
-                    partition,
-                    pause,
-                    "partition fetch paused/resumed by its backlog"
-                );
-            }
-            Err(error) => {
-                tracing::debug!(topic, partition, pause, %error, "could not pause/resume the partition")
-            }
-        }
-    }
 }
 
 /// A worker's task, aborted when dropped: a consumer aborted (a simulated
@@ -110,10 +57,7 @@ impl Drop for WorkerTask {
 
 /// The fan-out loop's end of one partition's worker.
 pub(crate) struct PartitionQueue {
-    topic: String,
-    partition: i32,
-    sender: mpsc::UnboundedSender<OwnedMessage>,
-    backlog: Arc<Backlog>,
+    sender: mpsc::Sender<OwnedMessage>,
     revoked: Arc<AtomicBool>,
     task: WorkerTask,
 }
@@ -128,21 +72,14 @@ impl PartitionQueue {
         partition: i32,
         previous: Option<WorkerTask>,
     ) -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
         let batch = env.handling.config.batch_size;
-        let backlog = Arc::new(Backlog {
-            queued: AtomicUsize::new(0),
-            paused: Mutex::new(false),
-            high: batch.saturating_mul(2).saturating_add(500),
-            low: batch,
-        });
+        let (sender, receiver) = mpsc::channel(batch.saturating_mul(2).saturating_add(500));
         let revoked = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             env: env.clone(),
             topic: topic.to_owned(),
             partition,
             receiver,
-            backlog: backlog.clone(),
             revoked: revoked.clone(),
         };
         let task = tokio::spawn(async move {
@@ -152,10 +89,7 @@ impl PartitionQueue {
             worker.run().await;
         });
         Self {
-            topic: topic.to_owned(),
-            partition,
             sender,
-            backlog,
             revoked,
             task: WorkerTask(task),
         }
@@ -166,23 +100,19 @@ impl PartitionQueue {
         !self.task.is_finished()
     }
 
-    /// Queues a message for the worker.
-    pub(crate) fn push(&self, consumer: &KafkaConsumer, message: OwnedMessage) {
-        // Counted before it is sent, so the worker never takes more than
-        // was counted.
-        self.backlog.added(consumer, &self.topic, self.partition);
-        if self.sender.send(message).is_err() {
-            self.backlog.queued.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Queues a message for the worker; waits while its queue is full
+    /// (see the module documentation for why the partition is not paused).
+    pub(crate) async fn push(&self, message: OwnedMessage) {
+        // An error means the worker has ended (revoked): the message goes
+        // with its partition.
+        let _ = self.sender.send(message).await;
     }
 
     /// The partition was revoked: the worker finishes the batch it is in,
     /// drops what is queued and ends. Returns its task, to be awaited
     /// before another worker of the partition starts.
-    pub(crate) fn retire(self, consumer: &KafkaConsumer) -> WorkerTask {
+    pub(crate) fn retire(self) -> WorkerTask {
         self.revoked.store(true, Ordering::Release);
-        self.backlog
-            .set_paused(false, consumer, &self.topic, self.partition);
         self.task
     }
 
@@ -196,8 +126,7 @@ struct Worker {
     env: WorkerEnv,
     topic: String,
     partition: i32,
-    receiver: mpsc::UnboundedReceiver<OwnedMessage>,
-    backlog: Arc<Backlog>,
+    receiver: mpsc::Receiver<OwnedMessage>,
     revoked: Arc<AtomicBool>,
 }
 
@@ -250,8 +179,6 @@ impl Worker {
                 }
             }
         }
-        self.backlog
-            .taken(batch.len(), &self.env.consumer, &self.topic, self.partition);
         if self.stopped() {
             return None;
         }

@@ -239,7 +239,7 @@ impl Consumer {
             }
         };
         if let Err(error) = ended {
-            tracing::error!(%error, "outbox consumer ended");
+            tracing::error!(error = %crate::error::Chain(&error), "outbox consumer ended");
         }
         counters.snapshot()
     }
@@ -292,13 +292,17 @@ impl Consumer {
                 () = self.revocations.wait() => None,
                 received = self.consumer.recv() => Some(received),
             };
-            partitions.retire(&self.revocations, &self.consumer);
+            partitions.retire(&self.revocations);
             match received {
                 None => {}
                 Some(Ok(message)) => {
-                    partitions
-                        .queue(&env, message.topic(), message.partition())
-                        .push(&self.consumer, message.detach());
+                    let message = message.detach();
+                    let queue = partitions.queue(&env, message.topic(), message.partition());
+                    tokio::select! {
+                        biased;
+                        () = wait_for_shutdown(&mut shutdown) => break,
+                        () = queue.push(message) => {}
+                    }
                 }
                 Some(Err(error)) => {
                     if let Some(fatal) = fatal_error(&self.consumer, &self.config) {
@@ -337,7 +341,7 @@ async fn purge_inbox(outbox: &Outbox, config: &ConsumerConfig, counters: &Consum
         .await
     {
         counters.add(Counter::Error, 1);
-        tracing::warn!(%error, "could not purge old inbox rows; retrying later");
+        tracing::warn!(error = %crate::error::Chain(&error), "could not purge old inbox rows; retrying later");
     }
 }
 
@@ -380,10 +384,10 @@ impl Partitions {
     }
 
     /// Retires the workers of partitions revoked since the last call.
-    fn retire(&mut self, revocations: &Revocations, consumer: &KafkaConsumer) {
+    fn retire(&mut self, revocations: &Revocations) {
         for key in revocations.take() {
             if let Some(queue) = self.running.remove(&key) {
-                let task = queue.retire(consumer);
+                let task = queue.retire();
                 self.retiring.insert(key, task);
             }
         }
