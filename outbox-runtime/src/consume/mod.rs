@@ -1,4 +1,4 @@
-#![doc = include_str!("../../../docs/consumers.md")]
+#![doc = include_str!("../../../docs/guide/consumers.md")]
 
 mod batch;
 mod client;
