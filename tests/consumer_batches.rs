@@ -9,8 +9,8 @@ mod fixtures;
 mod support;
 
 use outbox::consume::{
-    dead_letter_headers as dlq, Consumer, ConsumerConfig, ConsumerHandle, ConsumerMetrics,
-    ConsumerStats, Dispatcher, HandlerError, Permanent,
+    dead_letter_headers as dlq, Consumer, ConsumerConfig, ConsumerMetrics, Dispatcher,
+    HandlerError, Permanent,
 };
 use outbox::{Envelope, EnvelopeMetadata, Outbox, OutboxEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -248,22 +248,6 @@ fn dispatcher(poison: &'static [&'static str], failures: Arc<AtomicU32>) -> Disp
     })
 }
 
-async fn wait_finished(handle: &ConsumerHandle, n: u64) -> ConsumerStats {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let stats = handle.stats();
-        if stats.finished() >= n {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer finished {} of {n} messages in 90 s: {stats:?}",
-            stats.finished()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_message_is_isolated_and_the_rest_of_its_batch_happens_once() {
     let env = setup("isolate", 1).await;
@@ -278,7 +262,7 @@ async fn a_failing_message_is_isolated_and_the_rest_of_its_batch_happens_once() 
         .await
         .with_metrics(metrics)
         .spawn();
-    let stats = wait_finished(&handle, 60).await;
+    let stats = support::wait_finished(&handle, 60).await;
     let poisoned: Vec<&Sent> = sent.iter().filter(|s| s.essay_id == "essay-3").collect();
     assert_eq!(
         (stats.handled, stats.dead_lettered, stats.duplicates),
@@ -378,7 +362,7 @@ async fn batch_handlers_get_runs_of_new_events_and_redeliveries_are_skipped() {
         })
     });
     let handle = env.consumer(dispatcher, env.config()).await.spawn();
-    let stats = wait_finished(&handle, 50).await;
+    let stats = support::wait_finished(&handle, 50).await;
     assert_eq!((stats.handled, stats.duplicates), (40, 10), "{stats:?}");
     assert_exactly_once_in_order(&sent, &env.effects().await);
     let calls = calls.load(Ordering::SeqCst);
@@ -398,7 +382,7 @@ async fn partitions_are_handled_in_parallel_each_in_order() {
         .consumer(dispatcher(&[], Arc::default()), env.config())
         .await
         .spawn();
-    let stats = wait_finished(&handle, 800).await;
+    let stats = support::wait_finished(&handle, 800).await;
     assert_eq!(stats.handled, 800, "{stats:?}");
     assert!(
         stats.batches < 200,
@@ -433,7 +417,7 @@ async fn a_backlog_larger_than_the_partition_queue_is_consumed_whole_and_in_orde
         .consumer(dispatcher(&[], Arc::default()), config)
         .await
         .spawn();
-    let stats = wait_finished(&handle, 3_000).await;
+    let stats = support::wait_finished(&handle, 3_000).await;
     assert_eq!((stats.handled, stats.duplicates), (3_000, 0), "{stats:?}");
     assert_exactly_once_in_order(&sent, &env.effects().await);
     handle.shutdown().await.unwrap();

@@ -8,10 +8,9 @@ mod fixtures;
 mod support;
 
 use outbox::consume::{
-    dead_letter_headers as dlq, ConsumeError, Consumer, ConsumerConfig, ConsumerHandle,
-    ConsumerStats, Dispatcher,
+    dead_letter_headers as dlq, ConsumeError, Consumer, ConsumerConfig, Dispatcher, Inbox,
+    InboxOutcome,
 };
-use outbox::consume::{Inbox, InboxOutcome};
 use outbox::{Envelope, EnvelopeMetadata, Outbox, OutboxEvent, Relay, RelayHandle};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -20,7 +19,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// The consumed event.
@@ -262,22 +261,6 @@ fn dispatcher(failures: Arc<AtomicU32>) -> Dispatcher {
     })
 }
 
-async fn wait_finished(handle: &ConsumerHandle, n: u64) -> ConsumerStats {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = handle.stats();
-        if stats.finished() >= n {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer finished {} of {n} messages in 60 s: {stats:?}",
-            stats.finished()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_message_delivered_three_times_has_one_effect() {
     let env = setup("thrice").await;
@@ -287,7 +270,7 @@ async fn same_message_delivered_three_times_has_one_effect() {
         env.produce_event(event_id, &bytes).await;
     }
     let handle = env.consumer(dispatcher(Arc::default()), 3).await.spawn();
-    let stats = wait_finished(&handle, 3).await;
+    let stats = support::wait_finished(&handle, 3).await;
     assert_eq!(
         (stats.handled, stats.duplicates, stats.dead_lettered),
         (1, 2, 0),
@@ -334,7 +317,7 @@ async fn failed_handler_leaves_nothing_and_redelivery_succeeds_once() {
     let first = Uuid::now_v7();
     env.produce_event(first, &scored(first, Uuid::new_v4(), "e-1", 5))
         .await;
-    let stats = wait_finished(&handle, 1).await;
+    let stats = support::wait_finished(&handle, 1).await;
     assert_eq!(
         (stats.handled, stats.retries, stats.dead_lettered),
         (1, 2, 0),
@@ -351,7 +334,7 @@ async fn failed_handler_leaves_nothing_and_redelivery_succeeds_once() {
     let second = Uuid::now_v7();
     let bytes = scored(second, Uuid::new_v4(), "e-2", 9);
     env.produce_event(second, &bytes).await;
-    let stats = wait_finished(&handle, 2).await;
+    let stats = support::wait_finished(&handle, 2).await;
     assert_eq!((stats.handled, stats.dead_lettered), (1, 1), "{stats:?}");
     let dead = env.dead_letters.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(dead[0].headers[dlq::ERROR_KIND], "handler_failed");
@@ -383,7 +366,7 @@ async fn failed_handler_leaves_nothing_and_redelivery_succeeds_once() {
     // Redelivery (a replay from the dead-letter topic) succeeds, once.
     failures.store(0, Ordering::SeqCst);
     env.produce_event(second, &bytes).await;
-    let stats = wait_finished(&handle, 3).await;
+    let stats = support::wait_finished(&handle, 3).await;
     assert_eq!(
         (stats.handled, stats.duplicates, stats.dead_lettered),
         (2, 0, 1),
@@ -440,7 +423,7 @@ async fn consumer_killed_between_db_commit_and_offset_commit_does_not_repeat_the
 
     // On restart the message is redelivered, recognised, and its offset advances.
     let second = env.consumer(dispatcher(Arc::default()), 3).await.spawn();
-    let stats = wait_finished(&second, 1).await;
+    let stats = support::wait_finished(&second, 1).await;
     assert_eq!(
         (stats.handled, stats.duplicates),
         (0, 1),
@@ -562,7 +545,7 @@ async fn consumer_process_sigkilled_between_db_commit_and_offset_commit_does_not
     .await
     .unwrap()
     .spawn();
-    let stats = wait_finished(&restarted, 1).await;
+    let stats = support::wait_finished(&restarted, 1).await;
     assert_eq!(
         (stats.handled, stats.duplicates),
         (0, 1),
@@ -644,7 +627,7 @@ async fn undecodable_messages_are_dead_lettered_and_consumption_continues() {
     env.produce_event(ids[3], &good).await;
 
     let handle = env.consumer(d, 3).await.spawn();
-    let stats = wait_finished(&handle, 6).await;
+    let stats = support::wait_finished(&handle, 6).await;
     assert_eq!(
         (
             stats.dead_lettered,

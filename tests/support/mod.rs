@@ -618,3 +618,24 @@ impl Drop for PrivatePostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Waits until `handle`'s consumer has finished (handled, skipped or
+/// dead-lettered) `n` messages; fails the test after 90 s with its stats.
+pub async fn wait_finished(
+    handle: &outbox::consume::ConsumerHandle,
+    n: u64,
+) -> outbox::consume::ConsumerStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let stats = handle.stats();
+        if stats.finished() >= n {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer finished {} of {n} messages in 90 s: {stats:?}",
+            stats.finished()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
