@@ -158,10 +158,12 @@ impl MigrateError {
     }
 }
 
-/// An error and each of its causes, joined by `: `, for a log field or a
-/// header: the errors here print their cause only as `source()`, so a plain
-/// `%error` would leave it out.
-pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+/// An error and each of its causes, joined by `: `, for a log field, a
+/// header or a command line: the errors here print their cause only as
+/// `source()`, so a plain `%error` would leave it out. Used by the facade's
+/// CLI too; not an API.
+#[doc(hidden)]
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -31,6 +31,8 @@ pub use consume::{
 };
 pub use context::PublishContext;
 pub use envelope::{Envelope, EnvelopeMetadata};
+#[doc(hidden)]
+pub use error::Chain;
 pub use error::{ConfigError, MigrateError, PublishError, RelayError};
 pub use event::{EventRegistration, OutboxEvent};
 pub use identifier::SchemaName;

@@ -117,18 +117,9 @@ impl CliError {
     }
 }
 
-/// `error` and each of its causes, joined by `: `: the library's errors
-/// print their cause only as their `source()`, and a command line prints
-/// the whole chain on one line.
+/// `error` and each of its causes on one line (see `outbox_runtime::Chain`).
 pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
+    outbox_runtime::Chain(error).to_string()
 }
 
 impl fmt::Display for CliError {
