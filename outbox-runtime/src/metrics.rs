@@ -313,16 +313,21 @@ impl OutboxMetrics {
     /// registry does not hold also exposes its failed series, at zero.
     pub(crate) fn event_published(&self, topic: &str, event_type: &str, age_seconds: f64) {
         let labels = Self::owned_labels(topic, event_type);
-        self.inner.published.get_or_create(&labels).inc();
-        let _zero = self.inner.failed.get_or_create(&labels);
+        let before = self.inner.published.get_or_create(&labels).inc();
+        if before == 0 {
+            let _zero = self.inner.failed.get_or_create(&labels);
+        }
         self.inner.event_age.observe(age_seconds.max(0.0));
     }
 
-    /// Counts an event that became dead; exposes its published series too.
+    /// Counts an event that became dead; its first one also exposes the
+    /// published series.
     pub(crate) fn event_failed(&self, topic: &str, event_type: &str) {
         let labels = Self::owned_labels(topic, event_type);
-        self.inner.failed.get_or_create(&labels).inc();
-        let _zero = self.inner.published.get_or_create(&labels);
+        let before = self.inner.failed.get_or_create(&labels).inc();
+        if before == 0 {
+            let _zero = self.inner.published.get_or_create(&labels);
+        }
     }
 
     pub(crate) fn relay_error(&self, kind: ErrorKind) {
