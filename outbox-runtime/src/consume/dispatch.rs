@@ -260,10 +260,14 @@ impl Dispatcher {
 /// assert_eq!(context_of(&envelope).correlation_id, Some(envelope.correlation_id));
 /// ```
 pub fn context_of<T>(envelope: &Envelope<T>) -> PublishContext {
+    publish_context(envelope.correlation_id, &envelope.metadata)
+}
+
+fn publish_context(correlation_id: Uuid, metadata: &EnvelopeMetadata) -> PublishContext {
     PublishContext {
-        correlation_id: Some(envelope.correlation_id),
-        traceparent: envelope.metadata.traceparent.clone(),
-        tracestate: envelope.metadata.tracestate.clone(),
+        correlation_id: Some(correlation_id),
+        traceparent: metadata.traceparent.clone(),
+        tracestate: metadata.tracestate.clone(),
     }
 }
 
@@ -315,11 +319,7 @@ impl DecodedEvent {
 
     /// The context its handler publishes follow-up events with.
     pub(crate) fn context(&self) -> PublishContext {
-        PublishContext {
-            correlation_id: Some(self.info.correlation_id),
-            traceparent: self.info.metadata.traceparent.clone(),
-            tracestate: self.info.metadata.tracestate.clone(),
-        }
+        publish_context(self.info.correlation_id, &self.info.metadata)
     }
 
     /// Whether its handler takes many events at once.
