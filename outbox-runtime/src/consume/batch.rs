@@ -66,15 +66,11 @@ impl Handling {
                 }
             }
         }
-        if decoded.len() == 1 {
-            if let Some((index, event)) = decoded.first() {
-                return self.handle_one(&messages[*index], event, shutdown).await;
-            }
+        match decoded.as_slice() {
+            [] => Flow::Commit,
+            [(index, event)] => self.handle_one(&messages[*index], event, shutdown).await,
+            _ => self.handle_together(messages, decoded, shutdown).await,
         }
-        if decoded.is_empty() {
-            return Flow::Commit;
-        }
-        self.handle_together(messages, decoded, shutdown).await
     }
 
     async fn handle_together(
