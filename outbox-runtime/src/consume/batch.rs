@@ -170,7 +170,12 @@ impl Handling {
             }
         }
         let handled = fresh.len();
-        let last = fresh.last().map(|event| event.info().clone());
+        // Only the fault hook needs the last event, after `fresh` is consumed.
+        let last = self
+            .after_db_commit
+            .as_ref()
+            .and(fresh.last())
+            .map(|event| event.info().clone());
         if handled > 0 {
             run_handlers(fresh, &mut tx).await?;
         }
