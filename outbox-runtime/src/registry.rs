@@ -40,15 +40,16 @@ pub fn by_event_type(event_type: &str) -> Option<&'static EventRegistration> {
 
 /// The registration of the Rust type `E`.
 pub fn of<E: OutboxEvent>() -> &'static EventRegistration {
+    // A hand-written impl that was never submitted: its constant is the truth.
+    submitted::<E>().unwrap_or(&E::REGISTRATION)
+}
+
+/// The registration submitted for the Rust type `E`, if any.
+pub(crate) fn submitted<E: OutboxEvent>() -> Option<&'static EventRegistration> {
     let wanted = core::any::TypeId::of::<E>();
-    match inventory::iter::<EventRegistration>
+    inventory::iter::<EventRegistration>
         .into_iter()
         .find(|r| (r.type_id)() == wanted)
-    {
-        Some(registration) => registration,
-        // A hand-written impl that was never submitted: its constant is the truth.
-        None => &E::REGISTRATION,
-    }
 }
 
 /// A conflict between registrations that the compiler cannot see because

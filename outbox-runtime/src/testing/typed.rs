@@ -36,12 +36,13 @@ pub struct PublishedEvent<E> {
 
 /// The registration of `E`, if the registry holds it.
 pub(crate) fn registered<E: OutboxEvent>() -> Result<&'static EventRegistration, TestingError> {
-    let wanted = core::any::TypeId::of::<E>();
-    let all = crate::registry::registrations();
-    if let Some(found) = all.iter().find(|r| (r.type_id)() == wanted) {
+    if let Some(found) = crate::registry::submitted::<E>() {
         return Ok(found);
     }
-    let mut names: Vec<&str> = all.iter().map(|r| r.event_type).collect();
+    let mut names: Vec<&str> = crate::registry::registrations()
+        .iter()
+        .map(|r| r.event_type)
+        .collect();
     names.dedup();
     Err(TestingError::NotRegistered {
         rust_type: E::REGISTRATION.rust_type,
