@@ -3,8 +3,9 @@
 
 use super::tables::ensure_table;
 use super::TestingError;
-use crate::consume::Dispatcher;
-use crate::{Envelope, Inbox, InboxOutcome, Outbox, PublishContext};
+use crate::consume::{context_of, Dispatcher};
+use crate::error::Chain;
+use crate::{Envelope, Inbox, InboxOutcome, Outbox};
 use serde::Serialize;
 
 /// Delivers envelopes to a [`Dispatcher`]'s handlers as the consumer loop
@@ -89,11 +90,7 @@ impl ConsumerHarness {
         })?;
         let decoded = self.dispatcher.decode(&json[..])?;
         let info = decoded.info();
-        let context = PublishContext {
-            correlation_id: Some(info.correlation_id),
-            traceparent: info.metadata.traceparent.clone(),
-            tracestate: info.metadata.tracestate.clone(),
-        };
+        let context = context_of(envelope);
         let mut tx = self
             .outbox
             .transactional_publish_with(context.clone())
@@ -171,7 +168,7 @@ impl DeliveryContext<'_> {
             Err(error) => {
                 return Err(format!(
                     "the first delivery of {event} failed: {}",
-                    chain(&error)
+                    Chain(&error)
                 ))
             }
             Ok(InboxOutcome::AlreadyProcessed) => {
@@ -190,20 +187,8 @@ impl DeliveryContext<'_> {
             )),
             Err(error) => Err(format!(
                 "the second delivery of {event} failed: {}",
-                chain(&error)
+                Chain(&error)
             )),
         }
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
