@@ -133,18 +133,13 @@ async fn high_watermarks(
         }
         Ok::<_, rdkafka::error::KafkaError>(ends)
     })
-    .await;
-    match fetched {
-        Ok(Ok(ends)) => ends,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot read the mock broker's watermarks; later messages may be missed");
-            Vec::new()
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the mock broker's watermarks; later messages may be missed");
-            Vec::new()
-        }
-    }
+    .await
+    .map_err(|error| error.to_string())
+    .and_then(|ends| ends.map_err(|error| error.to_string()));
+    fetched.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read the mock broker's watermarks; later messages may be missed");
+        Vec::new()
+    })
 }
 
 fn recorded(message: &BorrowedMessage<'_>) -> Result<RecordedEvent, TestingError> {
