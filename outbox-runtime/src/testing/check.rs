@@ -23,16 +23,15 @@ pub(crate) fn exactly(
     aggregate_id: Option<&str>,
 ) -> Result<(), String> {
     let expected: Vec<Expectation> = expected.iter().map(|e| e.expectation()).collect();
-    if let Some((i, x)) = expected
+    if let Some((i, x, error)) = expected
         .iter()
         .enumerate()
-        .find_map(|(i, x)| x.data.as_ref().err().map(|e| (i, (x.event_type, e))))
+        .find_map(|(i, x)| x.data.as_ref().err().map(|error| (i, x, error)))
     {
         return Err(format!(
-            "expected event {} (`{}`) cannot be serialized: {}",
+            "expected event {} (`{}`) cannot be serialized: {error}",
             i + 1,
-            x.0,
-            x.1
+            x.event_type
         ));
     }
     let (selected, others): (Vec<&RecordedEvent>, Vec<&RecordedEvent>) = events
@@ -59,16 +58,11 @@ pub(crate) fn exactly(
             n => format!("these {n} events"),
         };
         format!(
-            "expected exactly {these}{scope} {origin}, in this order:{}\nbut {found}",
-            listing::expected(&expected)
+            "expected exactly {these}{scope} {origin}, in this order:{}\nbut {found}\nfirst difference: {}",
+            listing::expected(&expected),
+            first_difference(&selected, &expected)
         )
     };
-    if !expected.is_empty() {
-        message.push_str(&format!(
-            "\nfirst difference: {}",
-            first_difference(&selected, &expected)
-        ));
-    }
     if aggregate_id.is_some() && !others.is_empty() {
         message.push_str(&format!(
             "\nfor other aggregates, {}:{}",
