@@ -190,14 +190,7 @@ fn format_name(format: Option<&str>) -> String {
 /// assert!(changes[0].is_breaking());
 /// ```
 pub fn compare_schemas(old: &Value, new: &Value) -> Vec<SchemaChange> {
-    let mut diff = Diff {
-        old_root: old,
-        new_root: new,
-        changes: Vec::new(),
-        visiting: BTreeSet::new(),
-    };
-    diff.compare(old, new, "");
-    diff.changes
+    compare_schemas_in(old, new, old, new)
 }
 
 /// Keywords that document and never change which payloads are valid.
@@ -285,21 +278,15 @@ impl<'a> Diff<'a> {
             (true, false) => self.push(field, SchemaChangeKind::NoLongerNullable),
             _ => {}
         }
-        if let (Some(old_inner), Some(new_inner)) = (old.inner, new.inner) {
+        match (old.inner, new.inner) {
             // Both are `anyOf: [X, {"type": "null"}]`: compare the Xs.
-            return self.compare(old_inner, new_inner, field);
-        }
-        if let (Some(inner), None) | (None, Some(inner)) = (old.inner, new.inner) {
+            (Some(old_inner), Some(new_inner)) => self.compare(old_inner, new_inner, field),
             // `Option<T>` written two ways (`anyOf` with null, or a type
             // list with "null") compares its non-null part.
-            let (old_side, new_side) = if old.inner.is_some() {
-                (inner, new.schema)
-            } else {
-                (old.schema, inner)
-            };
-            return self.compare_nonnull(old_side, new_side, field);
+            (Some(old_inner), None) => self.compare_nonnull(old_inner, new.schema, field),
+            (None, Some(new_inner)) => self.compare_nonnull(old.schema, new_inner, field),
+            (None, None) => self.compare_nodes(&old, &new, field),
         }
-        self.compare_nodes(&old, &new, field);
     }
 
     /// Compares a schema with the non-null part of a nullable one, the
