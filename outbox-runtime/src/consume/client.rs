@@ -83,6 +83,14 @@ pub(crate) fn producer_config(kafka: &ClientConfig) -> ClientConfig {
     cc
 }
 
+/// The error of an offset commit, unless there was only nothing to commit.
+pub(crate) fn commit_failure(result: KafkaResult<()>) -> Option<KafkaError> {
+    match result {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => None,
+        Err(error) => Some(error),
+    }
+}
+
 /// Partitions taken from this consumer by rebalances, for the loop to
 /// retire their workers.
 #[derive(Default)]
@@ -145,11 +153,8 @@ impl ConsumerContext for LoopContext {
         // partitions; commit them while this member still owns them.
         if let Rebalance::Revoke(tpl) = rebalance {
             self.revocations.push(tpl);
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(error) => {
-                    tracing::warn!(group_id = %self.group_id, %error, "could not commit offsets before giving partitions up; their last messages will be redelivered and skipped by the inbox");
-                }
+            if let Some(error) = commit_failure(consumer.commit_consumer_state(CommitMode::Sync)) {
+                tracing::warn!(group_id = %self.group_id, %error, "could not commit offsets before giving partitions up; their last messages will be redelivered and skipped by the inbox");
             }
         }
     }
@@ -179,11 +184,8 @@ impl ConsumerContext for LoopContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                tracing::warn!(group_id = %self.group_id, %error, "offset commit failed; those messages will be redelivered and skipped by the inbox");
-            }
+        if let Some(error) = commit_failure(result) {
+            tracing::warn!(group_id = %self.group_id, %error, "offset commit failed; those messages will be redelivered and skipped by the inbox");
         }
     }
 }

@@ -9,12 +9,11 @@
 //! middle of a record batch on resume, and brokers that answer such a
 //! fetch from the next batch (Tansu 0.6 does) would skip messages for good.
 
-use super::client::LoopContext;
+use super::client::{commit_failure, LoopContext};
 use super::handling::Handling;
 use super::pace::{wait_for_shutdown, Flow};
 use super::stats::Counter;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -199,12 +198,9 @@ impl Worker {
                 "could not store the offset (partition revoked?); the batch will be redelivered and skipped by the inbox");
             return;
         }
-        match consumer.commit_consumer_state(CommitMode::Async) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                self.env.handling.counters.add(Counter::Error, 1);
-                tracing::warn!(%error, topic = last.topic(), partition = last.partition(), "could not commit offsets; they are committed with the next batch or at shutdown");
-            }
+        if let Some(error) = commit_failure(consumer.commit_consumer_state(CommitMode::Async)) {
+            self.env.handling.counters.add(Counter::Error, 1);
+            tracing::warn!(%error, topic = last.topic(), partition = last.partition(), "could not commit offsets; they are committed with the next batch or at shutdown");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The consumer: a fan-out loop that receives from Kafka and hands each
 //! partition's messages to that partition's worker.
 
-use super::client::{consumer_config, producer_config, LoopContext, Revocations};
+use super::client::{commit_failure, consumer_config, producer_config, LoopContext, Revocations};
 use super::config::{check_topic, ConsumerConfig};
 use super::dead_letter::DeadLetters;
 use super::dispatch::{Dispatcher, EventInfo};
@@ -14,7 +14,7 @@ use super::stats::{ConsumerCounters, ConsumerStats, Counter};
 use crate::{registry, Outbox};
 use futures::future::BoxFuture;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
@@ -319,11 +319,8 @@ impl Consumer {
             }
         }
         partitions.close().await;
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                tracing::warn!(%error, "could not commit offsets at shutdown; the last messages will be redelivered and skipped by the inbox");
-            }
+        if let Some(error) = commit_failure(self.consumer.commit_consumer_state(CommitMode::Sync)) {
+            tracing::warn!(%error, "could not commit offsets at shutdown; the last messages will be redelivered and skipped by the inbox");
         }
         let stats = self.counters.snapshot();
         tracing::info!(group_id = %self.config.group_id, ?stats, "outbox consumer stopped");
