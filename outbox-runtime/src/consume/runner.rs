@@ -307,6 +307,10 @@ impl Consumer {
                 Some(Err(error)) => {
                     if let Some(fatal) = fatal_error(&self.consumer, &self.config) {
                         tracing::error!(error = %fatal, "the Kafka consumer failed fatally; stopping");
+                        // The client can neither store nor commit offsets
+                        // any more: handling what is queued would only
+                        // repeat work the partitions' next owner does.
+                        partitions.lose_all();
                         ended = Err(fatal);
                         break;
                     }
@@ -389,6 +393,15 @@ impl Partitions {
             }
         }
         self.retiring.retain(|_, task| !task.is_finished());
+    }
+
+    /// The client failed fatally and its partitions are lost: as for a
+    /// revocation, each worker finishes the batch it is in, drops what is
+    /// queued and ends.
+    fn lose_all(&mut self) {
+        for (key, queue) in self.running.drain() {
+            self.retiring.insert(key, queue.retire());
+        }
     }
 
     /// Shutdown: waits for every worker to finish its batch.
