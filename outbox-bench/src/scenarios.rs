@@ -36,6 +36,11 @@ fn event(aggregate: i64, seq: i64) -> EssayScoredV1 {
     }
 }
 
+/// A non-negative span of microseconds (clock steps count as zero).
+fn micros(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -489,6 +494,11 @@ enum Path {
     /// The baseline: a plain producer sending each event itself (the
     /// relay's producer settings), no database.
     RawProduce,
+    /// The same outbox commit, then the writer sends the event itself with
+    /// the raw path's producer, no relay running: the database does the
+    /// same writes as on the outbox paths, so what the wake path takes
+    /// beyond this is what the relay adds.
+    CommitThenProduce,
 }
 
 async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError> {
@@ -496,6 +506,7 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
         Path::Wake => "e2ewake",
         Path::PollOnly => "e2epoll",
         Path::RawProduce => "e2eraw",
+        Path::CommitThenProduce => "e2ecommit",
     };
     // Each path on a broker of its own: one that already holds another
     // path's 30,000 messages fetches more slowly (see `broker.rs`).
@@ -504,7 +515,8 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     let prefix = topic(&broker, label, LATENCY_PARTITIONS).await?;
     let topic_name = format!("{prefix}{TOPIC}");
     let readers = partition_readers(&broker, &topic_name)?;
-    let relay = if path == Path::RawProduce {
+    let direct = matches!(path, Path::RawProduce | Path::CommitThenProduce);
+    let relay = if direct {
         None
     } else {
         let mut config = relay_config(&prefix);
@@ -516,7 +528,7 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
                 .spawn(),
         )
     };
-    let producer: Option<FutureProducer> = if path == Path::RawProduce {
+    let producer: Option<FutureProducer> = if direct {
         Some(
             broker
                 .kafka()
@@ -552,25 +564,22 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
             for i in 0..(total / 4) {
                 tick.tick().await;
                 let e = event(w, i as i64);
-                match &producer {
-                    Some(p) => {
-                        handed_over.push(((w, i as i64), now_us()));
-                        let payload = serde_json::to_string(&serde_json::json!({ "data": &e }))?;
-                        p.send(
-                            FutureRecord::to(&topic_name)
-                                .key(e.essay_id.as_str())
-                                .payload(payload.as_str()),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .map_err(|(e, _)| e)?;
-                    }
-                    None => {
-                        let mut tx = outbox.transactional_publish().await?;
-                        tx.publish(&e).await?;
-                        tx.commit().await?;
-                        handed_over.push(((w, i as i64), now_us()));
-                    }
+                if producer.is_none() || path == Path::CommitThenProduce {
+                    let mut tx = outbox.transactional_publish().await?;
+                    tx.publish(&e).await?;
+                    tx.commit().await?;
+                }
+                handed_over.push(((w, i as i64), now_us()));
+                if let Some(p) = &producer {
+                    let payload = serde_json::to_string(&serde_json::json!({ "data": &e }))?;
+                    p.send(
+                        FutureRecord::to(&topic_name)
+                            .key(e.essay_id.as_str())
+                            .payload(payload.as_str()),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)?;
                 }
             }
             Ok::<_, BoxError>(handed_over)
@@ -598,14 +607,22 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     // (handed over, latency) of every event that arrived.
     let timed: Vec<(i64, Duration)> = received
         .iter()
-        .filter_map(|(event, at)| {
+        .filter_map(|(event, at, _)| {
             let from = *handed_over.get(event)?;
-            Some((
-                from,
-                Duration::from_micros(u64::try_from(at - from).unwrap_or(0)),
-            ))
+            Some((from, micros(at - from)))
         })
         .collect();
+    // The same latency split where the producer took the message: its
+    // creation timestamp has millisecond resolution and is truncated, so
+    // half a millisecond is added to centre it.
+    let (mut before_producer, mut producer_to_consumer): (Vec<Duration>, Vec<Duration>) = received
+        .iter()
+        .filter_map(|(event, at, created_ms)| {
+            let from = *handed_over.get(event)?;
+            let created = created_ms.as_ref()? * 1_000 + 500;
+            Some((micros(created - from), micros(at - created)))
+        })
+        .unzip();
     let first = timed.iter().map(|(from, _)| *from).min().unwrap_or(0);
     let last = timed.iter().map(|(from, _)| *from).max().unwrap_or(0);
     let window = |lo: i64, hi: i64| {
@@ -622,6 +639,8 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
     let n = samples.len();
     let p50 = percentile(&mut samples, 50.0);
     let p99 = percentile(&mut samples, 99.0);
+    let before_producer_p50 = percentile(&mut before_producer, 50.0);
+    let producer_to_consumer_p50 = percentile(&mut producer_to_consumer, 50.0);
     db.drop_db().await?;
     Ok(Latencies {
         p50,
@@ -629,6 +648,8 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
         received: n,
         early_p50,
         late_p50,
+        before_producer_p50,
+        producer_to_consumer_p50,
     })
 }
 
@@ -665,7 +686,10 @@ fn partition_readers(
 }
 
 /// An event's (aggregate, seq) and when it arrived (µs since the epoch).
-type Arrival = ((i64, i64), i64);
+/// An event's (aggregate, seq), when it was received (µs) and the
+/// message's creation timestamp (ms, set by the producer when the message
+/// was handed to it).
+type Arrival = ((i64, i64), i64, Option<i64>);
 
 /// Whether `total` events are in `sink` (a poisoned lock ends the wait too).
 fn all_arrived(sink: &std::sync::Mutex<Vec<Arrival>>, total: usize) -> bool {
@@ -693,8 +717,12 @@ async fn read_into(
                 let aggregate = data["essay_id"].as_str()?.strip_prefix("essay-")?;
                 Some((aggregate.parse::<i64>().ok()?, data["seq"].as_i64()?))
             });
+        let created_ms = match m.timestamp() {
+            rdkafka::Timestamp::CreateTime(ms) => Some(ms),
+            _ => None,
+        };
         if let (Some(sent), Ok(mut v)) = (sent, sink.lock()) {
-            v.push((sent, now));
+            v.push((sent, now, created_ms));
         }
     }
 }
@@ -710,6 +738,10 @@ struct Latencies {
     /// p50 of the events handed over in the first and the last 5 s.
     early_p50: Duration,
     late_p50: Duration,
+    /// p50 from hand-over to the message's creation in the producer (for
+    /// the outbox: commit, wake-up, claim), and from there to the consumer.
+    before_producer_p50: Duration,
+    producer_to_consumer_p50: Duration,
 }
 
 impl Latencies {
@@ -726,17 +758,29 @@ impl Latencies {
             &format!("end_to_end_latency.{path}_last_5s_p50_ms"),
             ms(self.late_p50),
         );
+        report.figure(
+            &format!("end_to_end_latency.{path}_before_producer_p50_ms"),
+            ms(self.before_producer_p50),
+        );
+        report.figure(
+            &format!("end_to_end_latency.{path}_producer_to_consumer_p50_ms"),
+            ms(self.producer_to_consumer_p50),
+        );
     }
 }
 
 /// Scenario 4: commit → consumer latency at a steady 1,000 events/s: the wake-up
-/// path and polling only, against plain produce → consume on the same broker.
+/// path and polling only, against plain produce → consume on the same broker,
+/// and against the same outbox commits followed by a plain produce (the
+/// database as busy as on the outbox paths, no relay). Each path also splits
+/// its latency where the producer took the message.
 pub async fn end_to_end_latency(
     env: &Env,
     sizes: &Sizes,
     report: &mut Report,
 ) -> Result<(), BoxError> {
     let raw = e2e(env, sizes, Path::RawProduce).await?;
+    let commit = e2e(env, sizes, Path::CommitThenProduce).await?;
     let wake = e2e(env, sizes, Path::Wake).await?;
     let poll = e2e(env, sizes, Path::PollOnly).await?;
     raw.report(report, "raw_produce");
@@ -745,6 +789,15 @@ pub async fn end_to_end_latency(
     report.figure(
         "end_to_end_latency.wake_added_p50_ms_vs_raw_produce",
         ms(wake.p50) - ms(raw.p50),
+    );
+    commit.report(report, "commit_then_produce");
+    report.figure(
+        "end_to_end_latency.commit_then_produce_p50_ms",
+        ms(commit.p50),
+    );
+    report.figure(
+        "end_to_end_latency.wake_added_p50_ms_vs_commit_then_produce",
+        ms(wake.p50) - ms(commit.p50),
     );
     wake.report(report, "wake");
     report.target(
