@@ -222,11 +222,18 @@ impl Consumer {
     }
 
     /// Runs the loop on the current task until `shutdown` resolves, then
-    /// finishes the batches in flight, commits the offsets and returns.
+    /// finishes the batches in flight, commits the offsets and returns what
+    /// it handled.
+    ///
+    /// # Errors
+    ///
+    /// A consumer that stops by itself returns why, e.g.
+    /// [`ConsumerError::FencedInstance`] when another live member took its
+    /// `group_instance_id`, or the inbox table missing.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> ConsumerStats {
+    ) -> Result<ConsumerStats, ConsumerError> {
         let (tx, rx) = watch::channel(false);
         let counters = self.counters.clone();
         let run = self.run(rx);
@@ -238,10 +245,7 @@ impl Consumer {
                 run.await
             }
         };
-        if let Err(error) = ended {
-            tracing::error!(error = %crate::error::Chain(&error), "outbox consumer ended");
-        }
-        counters.snapshot()
+        ended.map(|()| counters.snapshot())
     }
 
     /// Spawns the loop on the tokio runtime.
