@@ -64,9 +64,17 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A client configuration for this broker, with the extra settings of
+    /// `OUTBOX_BENCH_KAFKA_SET` (`key=value,key=value`) for every client of
+    /// the run: producers, the relay's and the consumers alike.
     pub fn kafka(&self) -> ClientConfig {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.bootstrap);
+        if let Ok(extra) = std::env::var("OUTBOX_BENCH_KAFKA_SET") {
+            for (key, value) in extra.split(',').filter_map(|kv| kv.split_once('=')) {
+                cc.set(key.trim(), value.trim());
+            }
+        }
         cc
     }
 }
