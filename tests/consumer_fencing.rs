@@ -22,6 +22,9 @@
 //!   not its offset (librdkafka refuses commits after a fatal error), so a
 //!   member with another instance id gets it again and the inbox skips it;
 //! - every event has exactly one effect and one inbox row.
+//!
+//! A second test runs a consumer with `Consumer::run_until` and checks that
+//! it returns the same error when fenced.
 
 mod fixtures;
 mod mock_broker;
@@ -102,6 +105,19 @@ async fn consumer(
     instance: &str,
     hold: Arc<Hold>,
 ) -> ConsumerHandle {
+    unstarted_consumer(pool, bootstrap, prefix, group, instance, hold)
+        .await
+        .spawn()
+}
+
+async fn unstarted_consumer(
+    pool: &sqlx::PgPool,
+    bootstrap: &str,
+    prefix: &str,
+    group: &str,
+    instance: &str,
+    hold: Arc<Hold>,
+) -> Consumer {
     let mut kafka = fixtures::kafka(bootstrap);
     kafka
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
@@ -120,7 +136,6 @@ async fn consumer(
     )
     .await
     .expect("consumer starts")
-    .spawn()
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -295,5 +310,56 @@ async fn a_fenced_instance_stops_the_consumer_with_its_id_and_loses_nothing() {
         EVENTS,
         "the successor handled exactly what the fenced consumer had not"
     );
+    db.drop_db().await;
+}
+
+/// `Consumer::run_until` returns the error that stopped the consumer, as
+/// `ConsumerHandle::shutdown` does, instead of ending as if asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_until_returns_the_fencing_error() {
+    support::init_tracing();
+    let db = support::TestDatabase::create("fencing_run_until").await;
+    outbox::migrate(&db.pool).await.unwrap();
+    let prefix = support::unique("fencing");
+    let input = format!("{prefix}{}", EssayScoredV1::REGISTRATION.topic);
+    let kafka = MockKafka::start(
+        1,
+        &[input.clone(), format!("{input}.dlq")],
+        PARTITIONS,
+        &[1],
+    );
+    let group = format!("{prefix}scorer");
+    let running = tokio::spawn(
+        unstarted_consumer(
+            &db.pool,
+            &kafka.bootstrap(),
+            &prefix,
+            &group,
+            GROUP_INSTANCE_ID,
+            Arc::default(),
+        )
+        .await
+        .run_until(std::future::pending()),
+    );
+    // Joined and heartbeating before the coordinator fences it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.cluster.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID],
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the fenced consumer stopped by itself within 30 s")
+        .expect("the consumer task ran to its end");
+    match ended {
+        Err(ConsumerError::FencedInstance {
+            group_id,
+            group_instance_id,
+        }) => {
+            assert_eq!(group_id, group);
+            assert_eq!(group_instance_id, GROUP_INSTANCE_ID);
+        }
+        other => panic!("expected ConsumerError::FencedInstance, got {other:?}"),
+    }
     db.drop_db().await;
 }
