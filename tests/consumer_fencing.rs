@@ -150,10 +150,11 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fenced_instance_stops_the_consumer_with_its_id_and_loses_nothing() {
+/// A migrated database with the `effects` table, a mock cluster holding
+/// the event's topic and its dead-letter topic, and the topic prefix.
+async fn setup(label: &str) -> (support::TestDatabase, MockKafka, String) {
     support::init_tracing();
-    let db = support::TestDatabase::create("fencing").await;
+    let db = support::TestDatabase::create(label).await;
     outbox::migrate(&db.pool).await.unwrap();
     sqlx::query(
         "CREATE TABLE effects (event_id UUID NOT NULL, essay_id TEXT NOT NULL, seq BIGINT NOT NULL)",
@@ -169,6 +170,12 @@ async fn a_fenced_instance_stops_the_consumer_with_its_id_and_loses_nothing() {
         PARTITIONS,
         &[1],
     );
+    (db, kafka, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_instance_stops_the_consumer_with_its_id_and_loses_nothing() {
+    let (db, kafka, prefix) = setup("fencing").await;
     let bootstrap = kafka.bootstrap();
 
     // Every event on the topic before the consumer starts; rounds of one
@@ -317,17 +324,7 @@ async fn a_fenced_instance_stops_the_consumer_with_its_id_and_loses_nothing() {
 /// `ConsumerHandle::shutdown` does, instead of ending as if asked to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_until_returns_the_fencing_error() {
-    support::init_tracing();
-    let db = support::TestDatabase::create("fencing_run_until").await;
-    outbox::migrate(&db.pool).await.unwrap();
-    let prefix = support::unique("fencing");
-    let input = format!("{prefix}{}", EssayScoredV1::REGISTRATION.topic);
-    let kafka = MockKafka::start(
-        1,
-        &[input.clone(), format!("{input}.dlq")],
-        PARTITIONS,
-        &[1],
-    );
+    let (db, kafka, prefix) = setup("fencing_run_until").await;
     let group = format!("{prefix}scorer");
     let running = tokio::spawn(
         unstarted_consumer(
