@@ -4,7 +4,7 @@
 //! nor marks rows of those shards afterwards, and nothing is lost, reordered
 //! or duplicated beyond the documented bound.
 //!
-//! Three stalls:
+//! Four stalls:
 //!
 //! - relay A's claims and marks wait behind `LOCK TABLE event_outbox` while
 //!   the lock is held, in real time, until A's leases have lapsed and relay B
@@ -16,7 +16,11 @@
 //!   says its lease holds and only the database-side fence can refuse the
 //!   mark;
 //! - relay A, a process of its own, is stopped with SIGSTOP mid-backlog,
-//!   stays stopped until B owns every shard, and is continued.
+//!   stays stopped until B owns every shard, and is continued;
+//! - the same stop, with B stopped before A is continued: A takes its shards
+//!   back at new epochs while it still holds a batch claimed ahead under the
+//!   leases B took, and must drop it (read from A's log at debug: no batch A
+//!   produced afterwards is that claim).
 //!
 //! Each scenario checks, from a consumer of the topic:
 //!
@@ -1101,5 +1105,397 @@ async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_
         problems.is_empty(),
         "SIGSTOP past the TTL:\n- {}\n--- relay A's log ---\n{a_log}",
         problems.join("\n- ")
+    );
+}
+
+/// What relay A logs, with the relay loop at debug (`outbox-runtime/src/relay/worker.rs`
+/// and `lease.rs`): a batch claimed ahead and kept for the next round, one
+/// dropped unused (with its reason), a batch produced (its range in the
+/// `outbox.relay.batch` span), shard leases taken.
+const HOLDS_AHEAD: &str = "outbox relay holds the batch it claimed ahead";
+const DROPPED_AHEAD: &str = "outbox relay dropped the batch it claimed ahead";
+const PRODUCED: &str = "outbox batch produced";
+const TOOK_LEASES: &str = "outbox relay took shard leases";
+/// Relay A's log filter in scenario 3: the relay loop at debug.
+const LOOP_AT_DEBUG: &str = "info,outbox_runtime::relay::worker=debug,rdkafka=warn";
+
+/// The first and the last `seq` of a batch, as the relay logs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SeqRange {
+    first: i64,
+    last: i64,
+}
+
+impl std::fmt::Display for SeqRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.first, self.last)
+    }
+}
+
+/// The value of field `name` among `fields` (`name=value` words), without
+/// the quotes around a text value.
+fn field<'a>(fields: &'a str, name: &str) -> Option<&'a str> {
+    fields
+        .split(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+        .map(|value| value.trim_matches('"'))
+}
+
+/// The `first_seq` and `last_seq` fields among `fields`.
+fn seq_range(fields: &str) -> Option<SeqRange> {
+    Some(SeqRange {
+        first: field(fields, "first_seq")?.parse().ok()?,
+        last: field(fields, "last_seq")?.parse().ok()?,
+    })
+}
+
+/// The fields `line` logs after `message`, if it logs `message`.
+fn event_fields<'a>(line: &'a str, message: &str) -> Option<&'a str> {
+    line.split_once(message).map(|(_, fields)| fields)
+}
+
+/// The batch an "outbox batch produced" line names (its batch span's range).
+fn produced(line: &str) -> Option<SeqRange> {
+    event_fields(line, PRODUCED)?;
+    let span = line.split_once("outbox.relay.batch{")?.1.split_once('}')?.0;
+    seq_range(span)
+}
+
+/// Batches `log` says were produced since shard leases were last taken.
+fn produced_since_take(log: &str) -> usize {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines
+        .iter()
+        .rposition(|line| line.contains(TOOK_LEASES))
+        .map_or(0, |at| at + 1);
+    lines[from..]
+        .iter()
+        .filter(|line| produced(line).is_some())
+        .count()
+}
+
+/// One stop of relay A, from its log: the lines before line `stop` were
+/// written before the stop; `end` is where the next stop begins.
+struct StopView {
+    /// Whether A took shard leases after the stop.
+    retook: bool,
+    /// The batches A kept claimed ahead before it took the shards back (the
+    /// last one before the stop, any kept after it) and had not produced by
+    /// then: claimed under the leases B took while A was stopped.
+    held: Vec<SeqRange>,
+    /// The batches claimed ahead A dropped unused after the stop, and why.
+    dropped: Vec<(SeqRange, String)>,
+    /// The batches A produced after it took the shards back, in order.
+    produced_after: Vec<SeqRange>,
+}
+
+impl StopView {
+    fn read(lines: &[&str], stop: usize, end: usize) -> StopView {
+        let (before_stop, after_stop) = (&lines[..stop], &lines[stop..end.max(stop)]);
+        let retake = after_stop.iter().position(|l| l.contains(TOOK_LEASES));
+        let (before_retake, after_retake) = after_stop.split_at(retake.unwrap_or(after_stop.len()));
+        let last_kept = before_stop
+            .iter()
+            .rposition(|l| l.contains(HOLDS_AHEAD))
+            .unwrap_or(before_stop.len());
+        let (mut kept, mut produced_before) = (Vec::new(), Vec::new());
+        for line in before_stop[last_kept..].iter().chain(before_retake) {
+            kept.extend(event_fields(line, HOLDS_AHEAD).and_then(seq_range));
+            produced_before.extend(produced(line));
+        }
+        StopView {
+            retook: retake.is_some(),
+            held: kept
+                .into_iter()
+                .filter(|range| !produced_before.contains(range))
+                .collect(),
+            dropped: after_stop
+                .iter()
+                .filter_map(|line| {
+                    let fields = event_fields(line, DROPPED_AHEAD)?;
+                    let reason = field(fields, "reason").unwrap_or_default().to_owned();
+                    Some((seq_range(fields)?, reason))
+                })
+                .collect(),
+            produced_after: after_retake.iter().filter_map(|l| produced(l)).collect(),
+        }
+    }
+
+    /// Whether A still held a batch claimed ahead under the old leases when
+    /// it took the shards back, and dropped it.
+    fn exercised(&self) -> bool {
+        self.dropped
+            .iter()
+            .any(|(range, _)| self.held.contains(range))
+    }
+
+    /// The batches A produced after taking the shards back that it had
+    /// claimed ahead before (held across the retake, or dropped).
+    fn reused(&self) -> Vec<SeqRange> {
+        self.produced_after
+            .iter()
+            .copied()
+            .filter(|range| {
+                self.held.contains(range) || self.dropped.iter().any(|(d, _)| d == range)
+            })
+            .collect()
+    }
+}
+
+/// Waits until `owner`'s leases were last renewed between 100 ms and 1.5 s
+/// ago (a relay with its fair share renews every 2 s), so that a stop then
+/// does not land inside a renewal's transaction; at most 10 s.
+async fn between_renewals(pool: &PgPool, owner: Uuid, ttl: Duration) -> bool {
+    wait_until(Duration::from_secs(10), || async {
+        let age: Option<f64> = sqlx::query_scalar(
+            "SELECT $2 - extract(epoch FROM max(expires_at) - clock_timestamp())::float8
+             FROM event_outbox_lease WHERE owner = $1",
+        )
+        .bind(owner)
+        .bind(ttl.as_secs_f64())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        age.is_some_and(|age| (0.1..1.5).contains(&age))
+    })
+    .await
+}
+
+/// The `seq` of the pending row `offset` rows after the lowest.
+async fn pending_seq_at(pool: &PgPool, offset: usize) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT seq FROM event_outbox WHERE state = 'pending' ORDER BY seq OFFSET $1 LIMIT 1",
+    )
+    .bind(i64::try_from(offset).unwrap())
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Whether a row up to `seq` is still pending.
+async fn pending_up_to(pool: &PgPool, seq: i64) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM event_outbox WHERE state = 'pending' AND seq <= $1)",
+    )
+    .bind(seq)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Scenario 3: a batch claimed ahead never outlives the leases it was
+/// claimed under. Relay A, a process of its own with small batches (every
+/// round full, so every round claims the next batch ahead), drains a large
+/// backlog. Each stop: A is stopped with SIGSTOP (between two lease
+/// renewals, never inside one) and stays stopped past its lease TTL until
+/// relay B (in this process) took every shard and delivered every row A can
+/// have claimed; B stops, giving the shards back, and A is continued and
+/// takes them back at new epochs, still holding what it claimed ahead
+/// before the stop. A's log says which batch that was, that A dropped it,
+/// and which batches A produced after taking the shards back: none may be
+/// the stale claim. A stop does not always catch A holding a claim ahead
+/// (between rounds, or with a batch in flight whose results do not all come
+/// back), so stops are repeated until two did, at most six.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_process_that_takes_its_shards_back_after_a_stop_drops_what_it_claimed_ahead_before_it(
+) {
+    const BATCH: usize = 20;
+    const BACKLOG_PER_AGGREGATE: i64 = 600;
+    const TTL: Duration = Duration::from_secs(6);
+    const STOPS: usize = 6;
+    const EXERCISED: usize = 2;
+    /// Batches A produces with every shard before each stop.
+    const RUNNING: usize = 5;
+    /// Rows B delivers past the lowest pending at the stop: more than A can
+    /// hold (a batch whose outcome is unwritten, one in flight, one claimed
+    /// ahead).
+    const B_DELIVERS: usize = 5 * BATCH;
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new("ahead").await;
+    let pool = s.db.pool.clone();
+    let mut problems = Vec::new();
+
+    let committed = publish(s.outbox.clone(), 0..BACKLOG_PER_AGGREGATE, 2, None).await;
+    let batch = BATCH.to_string();
+    let mut a = RelayProcess::start(
+        &s.db.url,
+        &s.bootstrap,
+        &s.prefix,
+        &[
+            ("OUTBOX_BATCH_SIZE", batch.as_str()),
+            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
+            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
+            ("RUST_LOG", LOOP_AT_DEBUG),
+        ],
+    );
+    let mut a_id = None;
+    let ready = wait_until(Duration::from_secs(60), || {
+        a_id = a.instance_id();
+        let done = a_id.is_some();
+        async move { done }
+    })
+    .await;
+    let a_id = match (ready, a_id) {
+        (true, Some(id)) => id,
+        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
+    };
+
+    // (line of A's log at the stop, the highest seq B delivered meanwhile)
+    let mut stops: Vec<(usize, i64)> = Vec::new();
+    let mut exercised = 0;
+    for stop in 1..=STOPS {
+        let running = wait_until(Duration::from_secs(30), || {
+            let done = produced_since_take(&a.log()) >= RUNNING;
+            async move { done }
+        })
+        .await;
+        if !running || valid_leases(&pool, a_id).await != outbox::relay::SHARDS {
+            problems.push(format!(
+                "A was not draining with every shard before stop {stop}"
+            ));
+            break;
+        }
+        if fixtures::pending_rows(&pool).await < i64::try_from(10 * BATCH).unwrap() {
+            if stop == 1 {
+                problems.push("the backlog ran out before the first stop".into());
+            }
+            break;
+        }
+        if !between_renewals(&pool, a_id, TTL).await {
+            problems.push(format!("A renewed no lease within 10 s before stop {stop}"));
+        }
+        a.signal("-STOP");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stop_line = a.log().lines().count();
+        let Some(b_delivers_to) = pending_seq_at(&pool, B_DELIVERS).await else {
+            problems.push(format!("the backlog ran out at stop {stop}"));
+            a.signal("-CONT");
+            break;
+        };
+        let b = s.relay(s.config(BATCH, TTL)).await;
+        let b_id = b.instance_id();
+        let b = b.spawn();
+        if !holds_every_shard(&pool, b_id, TTL + Duration::from_secs(20)).await {
+            problems.push(format!(
+                "B did not take every shard while A was stopped (stop {stop})"
+            ));
+        }
+        let delivered = wait_until(Duration::from_secs(30), || async {
+            !pending_up_to(&pool, b_delivers_to).await
+        })
+        .await;
+        if !delivered {
+            problems.push(format!(
+                "B did not deliver up to seq {b_delivers_to} within 30 s (stop {stop})"
+            ));
+        }
+        if takeovers(&pool, a_id, b_id).await.0 == 0 {
+            problems.push(format!(
+                "B took none of A's leases after they expired (stop {stop})"
+            ));
+        }
+        stop_relay(b, "B", &mut problems).await;
+        a.signal("-CONT");
+        if !holds_every_shard(&pool, a_id, Duration::from_secs(20)).await {
+            problems.push(format!(
+                "A did not take every shard back within 20 s (stop {stop})"
+            ));
+        }
+        stops.push((stop_line, b_delivers_to));
+        let log = a.log();
+        let lines: Vec<&str> = log.lines().collect();
+        if StopView::read(&lines, stop_line, lines.len()).exercised() {
+            exercised += 1;
+            if exercised == EXERCISED {
+                break;
+            }
+        }
+    }
+
+    let consumed = s
+        .drain(&committed, "after the last stop", &mut problems)
+        .await;
+    if !a.stop().await {
+        problems.push("relay A did not stop within 30 s of SIGTERM".into());
+    }
+    let (tally, a_log) = s
+        .conclude(&committed, &consumed, a_id, || a.log(), &mut problems)
+        .await;
+
+    // Each stop read up to the next.
+    let lines: Vec<&str> = a_log.lines().collect();
+    let (mut exercised, mut held, mut reused, mut dropped) = (0, 0, 0, Vec::new());
+    for (i, &(stop_line, b_delivered_to)) in stops.iter().enumerate() {
+        let end = stops.get(i + 1).map_or(lines.len(), |next| next.0);
+        let view = StopView::read(&lines, stop_line, end);
+        let number = i + 1;
+        println!(
+            "stop {number}: held claimed ahead {:?}, dropped {:?}, first batches produced after \
+             taking the shards back {:?}",
+            view.held
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            view.dropped
+                .iter()
+                .map(|(range, reason)| format!("{range} ({reason})"))
+                .collect::<Vec<_>>(),
+            view.produced_after
+                .iter()
+                .take(3)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        );
+        if !view.retook {
+            problems.push(format!("A logged no lease taken after stop {number}"));
+        }
+        for range in view.reused() {
+            problems.push(format!(
+                "after stop {number} A produced {range}, a batch it had claimed ahead under the \
+                 leases B took, once it had the shards back at new epochs"
+            ));
+        }
+        for range in view.held.iter().filter(|r| r.last > b_delivered_to) {
+            problems.push(format!(
+                "A held {range} claimed ahead across stop {number}, beyond the rows B delivered \
+                 (up to seq {b_delivered_to}): raise B_DELIVERS"
+            ));
+        }
+        exercised += usize::from(view.exercised());
+        held += view.held.len();
+        reused += view.reused().len();
+        dropped.extend(
+            view.dropped
+                .iter()
+                .map(|(range, reason)| format!("{range}:{reason}")),
+        );
+    }
+    if exercised == 0 {
+        problems.push(format!(
+            "none of {} stops caught A holding a batch claimed ahead that it then dropped",
+            stops.len()
+        ));
+    }
+    tally.report(
+        "stale_claim_ahead",
+        &format!(
+            "stops={} exercised={exercised} held_across_retake={held} reused={reused} \
+             dropped={} a_{}",
+            stops.len(),
+            if dropped.is_empty() {
+                "none".to_owned()
+            } else {
+                dropped.join(",")
+            },
+            notices(&a_log, None),
+        ),
+        &a_log,
+    );
+    problems.extend(tally.problems(BATCH));
+    assert!(
+        problems.is_empty(),
+        "claim ahead across a stop:\n- {}\n--- relay A's log (last 200 lines) ---\n{}",
+        problems.join("\n- "),
+        lines[lines.len().saturating_sub(200)..].join("\n")
     );
 }

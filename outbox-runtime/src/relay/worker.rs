@@ -30,6 +30,13 @@ use uuid::Uuid;
 /// Batches in a row the broker took none of before the producer is replaced.
 const PRODUCER_RENEWAL_AFTER: u32 = 3;
 
+/// Why a batch claimed ahead was dropped unused, as logged (`reason`): the
+/// leases no longer cover a whole produce, a renewal failed, or the leases
+/// changed (other shards or epochs) since it was claimed.
+const DROPPED_LEASE_LAPSED: &str = "lease_lapsed";
+const DROPPED_RENEWAL_FAILED: &str = "lease_renewal_failed";
+const DROPPED_FENCE_CHANGED: &str = "fence_changed";
+
 pub(crate) struct Worker<B: Broker = KafkaBroker> {
     pool: PgPool,
     config: RelayConfig,
@@ -159,7 +166,7 @@ impl<B: Broker> Worker<B> {
                 // A lapsed lease: what was claimed under it is not used. (A
                 // batch claimed ahead under other shards or epochs is also
                 // refused where it is taken, `Prefetched::into_batch`.)
-                self.prefetched = None;
+                self.drop_prefetched(DROPPED_LEASE_LAPSED);
             }
             self.wakeups.connect(&self.pool).await;
             let mut drained = true;
@@ -225,10 +232,17 @@ impl<B: Broker> Worker<B> {
             }
             Err(error) => {
                 self.leases.invalidate();
-                self.prefetched = None;
+                self.drop_prefetched(DROPPED_RENEWAL_FAILED);
                 self.transient("renewing shard leases", &error).await;
                 false
             }
+        }
+    }
+
+    /// Drops the batch claimed ahead, if any, logging why (`reason`).
+    fn drop_prefetched(&mut self, reason: &str) {
+        if let Some(prefetched) = self.prefetched.take() {
+            log_dropped(prefetched.seq_range(), reason);
         }
     }
 
@@ -315,7 +329,14 @@ impl<B: Broker> Worker<B> {
     /// claimed.
     async fn run_batch(&mut self) -> Result<BatchResult, sqlx::Error> {
         let fence = self.leases.fence();
-        let prefetched = self.prefetched.take().and_then(|p| p.into_batch(&fence));
+        let prefetched = self.prefetched.take().and_then(|p| {
+            let seqs = p.seq_range();
+            let batch = p.into_batch(&fence);
+            if batch.is_none() {
+                log_dropped(seqs, DROPPED_FENCE_CHANGED);
+            }
+            batch
+        });
         let batch = match prefetched {
             Some(batch) => batch,
             None => {
@@ -459,6 +480,13 @@ impl<B: Broker> Worker<B> {
             match next {
                 Some(Ok(Ok(prefetched))) => {
                     next_claim_ms = Some(prefetched.claim_ms());
+                    let (events, first_seq, last_seq) = prefetched.seq_range();
+                    tracing::debug!(
+                        events,
+                        first_seq,
+                        last_seq,
+                        "outbox relay holds the batch it claimed ahead"
+                    );
                     self.prefetched = Some(prefetched);
                 }
                 None => {}
@@ -586,6 +614,18 @@ impl<B: Broker> Worker<B> {
         );
         Ok((took, recorded))
     }
+}
+
+/// Logs a batch claimed ahead that is dropped unused: how many rows, the
+/// first and the last `seq`, and why.
+fn log_dropped((events, first_seq, last_seq): (usize, Option<i64>, Option<i64>), reason: &str) {
+    tracing::debug!(
+        events,
+        first_seq,
+        last_seq,
+        reason,
+        "outbox relay dropped the batch it claimed ahead"
+    );
 }
 
 /// Moves the claim floor (see `floor.rs`). A failure may be a lost

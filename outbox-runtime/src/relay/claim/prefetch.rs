@@ -33,6 +33,17 @@ impl Prefetched {
         self.batch.took.as_secs_f64() * 1e3
     }
 
+    /// How many rows it holds and the `seq`s of the first and the last,
+    /// for the relay's log.
+    pub(crate) fn seq_range(&self) -> (usize, Option<i64>, Option<i64>) {
+        let rows = &self.batch.rows;
+        (
+            rows.len(),
+            rows.first().map(|r| r.seq),
+            rows.last().map(|r| r.seq),
+        )
+    }
+
     /// The batch, if it was claimed under `fence`; `None`, dropping it,
     /// otherwise.
     pub(crate) fn into_batch(self, fence: &Fence) -> Option<Claimed> {
