@@ -198,6 +198,11 @@ fn producer_config(
 /// every claim and mark (`lease.rs`) keeps a late statement harmless; the
 /// timeout keeps the relay from waiting on one.
 ///
+/// The same `idle_in_transaction_session_timeout`: a relay process paused
+/// inside one of its transactions (the lease maintenance locks lease rows)
+/// has its session ended by the server, so the locks go with it and
+/// another instance can take the shards once the leases expire.
+///
 /// Its connections are named `outbox-relay/<instance id>` (`application_name`),
 /// so `pg_stat_activity` shows which relay instance runs what.
 fn relay_pool(pool: &PgPool, config: &RelayConfig, instance_id: Uuid) -> PgPool {
@@ -205,7 +210,13 @@ fn relay_pool(pool: &PgPool, config: &RelayConfig, instance_id: Uuid) -> PgPool 
     let options = (*pool.connect_options())
         .clone()
         .application_name(&format!("outbox-relay/{instance_id}"))
-        .options([("statement_timeout", timeout.as_millis().to_string())]);
+        .options([
+            ("statement_timeout", timeout.as_millis().to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                timeout.as_millis().to_string(),
+            ),
+        ]);
     PgPoolOptions::new()
         .max_connections(RELAY_CONNECTIONS)
         .min_connections(0)
@@ -231,8 +242,9 @@ impl Relay {
     /// must be bounded and `partitioner` must map a key to one partition).
     ///
     /// The relay opens its own few connections with `pool`'s connect
-    /// options, a `statement_timeout` of a third of the lease TTL and the
-    /// `application_name` `outbox-relay/<instance id>`.
+    /// options, a `statement_timeout` and an
+    /// `idle_in_transaction_session_timeout` of a third of the lease TTL,
+    /// and the `application_name` `outbox-relay/<instance id>`.
     pub async fn new(
         pool: PgPool,
         client_config: ClientConfig,
@@ -407,6 +419,27 @@ impl RelayHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn relay_connections_end_statements_and_idle_transactions_within_a_third_of_the_ttl() {
+        let pool = PgPool::connect_lazy("postgres://relay@127.0.0.1:1/outbox").unwrap();
+        let config = RelayConfig {
+            lease_ttl: Duration::from_secs(12),
+            ..RelayConfig::default()
+        };
+        let relay = relay_pool(&pool, &config, Uuid::from_u128(1));
+        let options = relay.connect_options();
+        let settings = options.get_options().unwrap_or_default();
+        assert!(settings.contains("-c statement_timeout=4000"), "{settings}");
+        assert!(
+            settings.contains("-c idle_in_transaction_session_timeout=4000"),
+            "{settings}"
+        );
+        assert_eq!(
+            options.get_application_name(),
+            Some("outbox-relay/00000000-0000-0000-0000-000000000001")
+        );
+    }
 
     #[test]
     fn security_settings_pass_through_unchanged_and_guarantees_are_enforced() {
