@@ -4,7 +4,7 @@
 //! nor marks rows of those shards afterwards, and nothing is lost, reordered
 //! or duplicated beyond the documented bound.
 //!
-//! Four stalls:
+//! Five stalls:
 //!
 //! - relay A's claims and marks wait behind `LOCK TABLE event_outbox` while
 //!   the lock is held, in real time, until A's leases have lapsed and relay B
@@ -20,7 +20,11 @@
 //! - the same stop, with B stopped before A is continued: A takes its shards
 //!   back at new epochs while it still holds a batch claimed ahead under the
 //!   leases B took, and must drop it (read from A's log at debug: no batch A
-//!   produced afterwards is that claim).
+//!   produced afterwards is that claim);
+//! - relay A, a process of its own, is stopped inside its lease maintenance
+//!   transaction with every lease row locked by its renewal: the relay's
+//!   `idle_in_transaction_session_timeout` ends its session, and B takes
+//!   every shard while A is still stopped.
 //!
 //! Each scenario checks, from a consumer of the topic:
 //!
@@ -1497,5 +1501,276 @@ async fn a_relay_process_that_takes_its_shards_back_after_a_stop_drops_what_it_c
         "claim ahead across a stop:\n- {}\n--- relay A's log (last 200 lines) ---\n{}",
         problems.join("\n- "),
         lines[lines.len().saturating_sub(200)..].join("\n")
+    );
+}
+
+/// A relay's lease renewal as `pg_stat_activity.query` shows it (see
+/// `outbox-runtime/src/relay/lease.rs`).
+const RENEW: &str = r"^\s*UPDATE\s+\S*event_outbox_lease\s+SET\s+expires_at\s*=\s*now\(\)";
+
+/// Locks, in a transaction of its own, the lease row a renewal reaches last
+/// (`UPDATE … WHERE owner = $1` scans the 64 rows in physical order, so the
+/// visible row version with the highest `ctid`); the transaction and the
+/// row's shard. A renewal committed between the lock and the check (in the
+/// same transaction) may have moved rows behind it: then it starts over,
+/// at most 50 times.
+async fn lock_last_lease_row(pool: &PgPool) -> (sqlx::Transaction<'static, sqlx::Postgres>, i16) {
+    const LAST: &str = "SELECT shard FROM event_outbox_lease ORDER BY ctid DESC LIMIT 1";
+    for _ in 0..50 {
+        let mut tx = pool.begin().await.unwrap();
+        let locked: i16 = sqlx::query_scalar(&format!("{LAST} FOR UPDATE"))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let last: i16 = sqlx::query_scalar(LAST).fetch_one(&mut *tx).await.unwrap();
+        if locked == last {
+            return (tx, locked);
+        }
+        tx.rollback().await.unwrap();
+    }
+    panic!("the last lease row kept moving: 50 attempts to lock it failed");
+}
+
+/// Whether a connection of `instance` is `idle in transaction` after a
+/// lease renewal (its last statement).
+async fn idle_after_renewal(pool: &PgPool, instance: Uuid) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                        WHERE application_name = $1 AND state = 'idle in transaction'
+                          AND query ~* $2)",
+    )
+    .bind(application_name(instance))
+    .bind(RENEW)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Lease rows another transaction can lock now, as a relay's `acquire`
+/// does (`FOR UPDATE SKIP LOCKED`); the locks are given back at once.
+async fn lockable_leases(pool: &PgPool) -> i64 {
+    let mut tx = pool.begin().await.unwrap();
+    let lockable = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT shard FROM event_outbox_lease FOR UPDATE SKIP LOCKED) l",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    lockable
+}
+
+/// Scenario 4: relay A, a process of its own, holding every shard once it
+/// delivered a backlog, is stopped with SIGSTOP inside its lease maintenance
+/// transaction, after its renewal locked every lease row. The staging: the
+/// test locks the lease row A's renewal reaches last; A's next renewal
+/// locks the other 63 and waits on it (seen in `pg_stat_activity`); A is
+/// stopped and the test's lock released, so the renewal completes on the
+/// server and A's transaction stays `idle in transaction` holding all 64
+/// row locks (checked: no lease row can be locked with `SKIP LOCKED`, as
+/// another instance's `acquire` would). The relay's
+/// `idle_in_transaction_session_timeout` (a third of the TTL) ends that
+/// session: the locks go, the renewal rolls back, the leases expire, and
+/// relay B (in this process) takes every shard and delivers what is
+/// committed meanwhile, all while A is still stopped. A is then continued:
+/// its maintenance fails on the ended session, it backs off, finds its
+/// shards taken and gets its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_process_paused_inside_its_lease_transaction_does_not_keep_its_shards() {
+    const BATCH: usize = 50;
+    const BACKLOG_PER_AGGREGATE: i64 = 50;
+    /// Committed while A is stopped, then after it is continued.
+    const MEANWHILE_PER_AGGREGATE: i64 = 10;
+    const TTL: Duration = Duration::from_secs(6);
+    /// From the stop: the TTL (the leases expire within it), a third of it
+    /// (the session ends that long after the renewal completed) and 6 s for
+    /// B to start and maintain its leases (every second while below its
+    /// share).
+    const TAKEN_WITHIN: Duration = Duration::from_secs(6 + 2 + 6);
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new("paused").await;
+    let pool = s.db.pool.clone();
+    let mut problems = Vec::new();
+
+    let mut committed = publish(s.outbox.clone(), 0..BACKLOG_PER_AGGREGATE, 2, None).await;
+    let batch = BATCH.to_string();
+    let mut a = RelayProcess::start(
+        &s.db.url,
+        &s.bootstrap,
+        &s.prefix,
+        &[
+            ("OUTBOX_BATCH_SIZE", batch.as_str()),
+            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
+            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
+        ],
+    );
+    let mut a_id = None;
+    let ready = wait_until(Duration::from_secs(60), || {
+        a_id = a.instance_id();
+        let done = a_id.is_some();
+        async move { done }
+    })
+    .await;
+    let a_id = match (ready, a_id) {
+        (true, Some(id)) => id,
+        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
+    };
+    if !holds_every_shard(&pool, a_id, Duration::from_secs(20)).await {
+        problems.push("A did not hold every shard within 20 s of starting".into());
+    }
+    if s.reader
+        .wait_until(DELIVERED_WITHIN, all_arrived(&committed))
+        .await
+        .is_err()
+    {
+        problems.push("A did not deliver the backlog before the lock".into());
+    }
+
+    // A's next renewal locks every lease row but the last and waits on it.
+    let (lock, locked_shard) = lock_last_lease_row(&pool).await;
+    let renewal_waits = wait_until(Duration::from_secs(5), || async {
+        waiting(&pool, a_id, RENEW).await
+    })
+    .await;
+    if !renewal_waits {
+        problems.push(format!(
+            "A's renewal did not wait on the lock of shard {locked_shard}'s lease within 5 s"
+        ));
+    }
+    a.signal("-STOP");
+    let stopped = Instant::now();
+    let stopped_at = db_now(&pool).await;
+    lock.rollback().await.unwrap();
+    // The renewal completes on the server; A, stopped, never commits it.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let (idle_holding_locks, lockable_when_stopped) = loop {
+        let lockable = lockable_leases(&pool).await;
+        let idle = lockable == 0 && idle_after_renewal(&pool, a_id).await;
+        if idle || Instant::now() >= deadline {
+            break (idle, lockable);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if !idle_holding_locks {
+        problems.push(format!(
+            "A's connection was not left idle in transaction after its renewal, holding every \
+             lease row lock ({lockable_when_stopped} lease rows lockable)"
+        ));
+    }
+    let b = s.relay(s.config(BATCH, TTL)).await;
+    let b_id = b.instance_id();
+    let b = b.spawn();
+    let meanwhile = publish(
+        s.outbox.clone(),
+        BACKLOG_PER_AGGREGATE..BACKLOG_PER_AGGREGATE + MEANWHILE_PER_AGGREGATE,
+        2,
+        None,
+    )
+    .await;
+    committed.extend(meanwhile.iter().cloned());
+    let b_took_all =
+        holds_every_shard(&pool, b_id, TAKEN_WITHIN.saturating_sub(stopped.elapsed())).await;
+    let took_all_after = stopped.elapsed();
+    if !b_took_all {
+        problems.push(format!(
+            "B did not hold every shard within {TAKEN_WITHIN:?} of A's stop inside its lease \
+             transaction ({} held by B, {} lease rows lockable)",
+            valid_leases(&pool, b_id).await,
+            lockable_leases(&pool).await,
+        ));
+    }
+    let delivered_meanwhile = s
+        .reader
+        .wait_until(
+            TAKEN_WITHIN.saturating_sub(stopped.elapsed()),
+            all_arrived(&meanwhile),
+        )
+        .await
+        .is_ok();
+    let delivered_after = stopped.elapsed();
+    if !delivered_meanwhile {
+        problems.push(format!(
+            "the events committed while A was stopped did not all arrive within \
+             {TAKEN_WITHIN:?} of the stop"
+        ));
+    }
+    let a_session_left = idle_after_renewal(&pool, a_id).await;
+    if a_session_left {
+        problems.push("A's stopped session was still idle in transaction".into());
+    }
+    let continued_at = db_now(&pool).await;
+    a.signal("-CONT");
+
+    // A's maintenance fails on its ended session; A backs off, then finds
+    // its shards taken and gets a share back.
+    let failed_renewal = wait_until(Duration::from_secs(20), || {
+        let log = a.log();
+        let done = log
+            .lines()
+            .any(|l| l.contains("renewing shard leases") && l.contains("backing off"));
+        async move { done }
+    })
+    .await;
+    if !failed_renewal {
+        problems.push("A did not log a failed lease renewal after it was continued".into());
+    }
+    let a_recovered = wait_until(Duration::from_secs(30), || async {
+        valid_leases(&pool, a_id).await > 0
+    })
+    .await;
+    if !a_recovered {
+        problems.push("A held no lease within 30 s of being continued".into());
+    }
+    committed.extend(
+        publish(
+            s.outbox.clone(),
+            BACKLOG_PER_AGGREGATE + MEANWHILE_PER_AGGREGATE
+                ..BACKLOG_PER_AGGREGATE + 2 * MEANWHILE_PER_AGGREGATE,
+            2,
+            None,
+        )
+        .await,
+    );
+    let consumed = s
+        .drain(&committed, "after the last commit", &mut problems)
+        .await;
+    if !a.stop().await {
+        problems.push("relay A did not stop within 30 s of SIGTERM".into());
+    }
+    stop_relay(b, "B", &mut problems).await;
+
+    let takeover = Takeover::read(&pool, a_id, b_id).await;
+    match takeover.first {
+        Some(at) if at > stopped_at && at < continued_at => {}
+        other => problems.push(format!(
+            "B did not take A's leases while A was stopped ({stopped_at} .. {continued_at}): \
+             first takeover {other:?}"
+        )),
+    }
+    let (tally, a_log) = s
+        .conclude(&committed, &consumed, a_id, || a.log(), &mut problems)
+        .await;
+    let ended_session = log_lines(&a_log, "idle-in-transaction", None);
+    tally.report(
+        "paused_inside_lease_transaction",
+        &format!(
+            "locked_shard={locked_shard} \
+             renewal_waited={renewal_waits} idle_holding_every_lease={idle_holding_locks} \
+             b_held_all_after_s={:.1} meanwhile_delivered_after_s={:.1} leases_taken_by_b={} \
+             a_marks_after_first_takeover={} a_failed_renewal={failed_renewal} \
+             a_session_ended_lines={ended_session} a_held_leases_again={a_recovered} a_{}",
+            took_all_after.as_secs_f64(),
+            delivered_after.as_secs_f64(),
+            takeover.count,
+            takeover.a_marks_after,
+            notices(&a_log, None),
+        ),
+        &a_log,
+    );
+    problems.extend(tally.problems(BATCH));
+    assert!(
+        problems.is_empty(),
+        "paused inside the lease transaction:\n- {}\n--- relay A's log ---\n{a_log}",
+        problems.join("\n- ")
     );
 }
