@@ -23,8 +23,9 @@
 use crate::identifier::{Names, SchemaName};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgPool, Postgres, Row};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -310,40 +311,38 @@ pub async fn show(
 /// [`AdminError::NotDead`] when the event is not dead.
 pub async fn retry(pool: &PgPool, schema: Option<&SchemaName>, id: Uuid) -> Result<(), AdminError> {
     let names = Names::new(schema);
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(AdminError::db("beginning the retry transaction"))?;
     let sql = format!(
         "UPDATE {} SET state = 'pending', retry_count = 1, next_attempt_at = now()
          WHERE id = $1 AND state = 'dead'",
         names.outbox
     );
-    let updated = sqlx::query(&sql)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(AdminError::db("marking a dead event pending"))?
-        .rows_affected();
-    if updated == 0 {
-        let state: Option<String> =
-            sqlx::query_scalar(&format!("SELECT state FROM {} WHERE id = $1", names.outbox))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(AdminError::db("reading an outbox event's state"))?;
-        return Err(match state {
-            None => AdminError::NotFound { id },
-            Some(state) => AdminError::NotDead {
-                id,
-                state: state.parse()?,
-            },
-        });
+    let updated = change_dead_events(
+        pool,
+        &names,
+        sqlx::query(&sql).bind(id),
+        Change {
+            begin: "beginning the retry transaction",
+            update: "marking a dead event pending",
+            commit: "committing the retry",
+        },
+    )
+    .await?;
+    if updated > 0 {
+        return Ok(());
     }
-    notify(&mut tx, &names).await?;
-    tx.commit()
-        .await
-        .map_err(AdminError::db("committing the retry"))
+    let state: Option<String> =
+        sqlx::query_scalar(&format!("SELECT state FROM {} WHERE id = $1", names.outbox))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(AdminError::db("reading an outbox event's state"))?;
+    Err(match state {
+        None => AdminError::NotFound { id },
+        Some(state) => AdminError::NotDead {
+            id,
+            state: state.parse()?,
+        },
+    })
 }
 
 /// Sends every dead event again (only those of registry topic `topic` when
@@ -354,28 +353,22 @@ pub async fn retry_all(
     topic: Option<&str>,
 ) -> Result<u64, AdminError> {
     let names = Names::new(schema);
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(AdminError::db("beginning the retry transaction"))?;
     let sql = format!(
         "UPDATE {} SET state = 'pending', retry_count = 1, next_attempt_at = now()
          WHERE state = 'dead' AND ($1::text IS NULL OR topic = $1)",
         names.outbox
     );
-    let updated = sqlx::query(&sql)
-        .bind(topic)
-        .execute(&mut *tx)
-        .await
-        .map_err(AdminError::db("marking dead events pending"))?
-        .rows_affected();
-    if updated > 0 {
-        notify(&mut tx, &names).await?;
-    }
-    tx.commit()
-        .await
-        .map_err(AdminError::db("committing the retry"))?;
-    Ok(updated)
+    change_dead_events(
+        pool,
+        &names,
+        sqlx::query(&sql).bind(topic),
+        Change {
+            begin: "beginning the retry transaction",
+            update: "marking dead events pending",
+            commit: "committing the retry",
+        },
+    )
+    .await
 }
 
 /// Releases aggregate `aggregate_type`/`aggregate_id`: its dead events become
@@ -388,29 +381,22 @@ pub async fn release(
     aggregate_id: &str,
 ) -> Result<u64, AdminError> {
     let names = Names::new(schema);
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(AdminError::db("beginning the release transaction"))?;
     let sql = format!(
         "UPDATE {} SET state = 'released'
          WHERE state = 'dead' AND aggregate_type = $1 AND aggregate_id = $2",
         names.outbox
     );
-    let updated = sqlx::query(&sql)
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(AdminError::db("releasing dead events"))?
-        .rows_affected();
-    if updated > 0 {
-        notify(&mut tx, &names).await?;
-    }
-    tx.commit()
-        .await
-        .map_err(AdminError::db("committing the release"))?;
-    Ok(updated)
+    change_dead_events(
+        pool,
+        &names,
+        sqlx::query(&sql).bind(aggregate_type).bind(aggregate_id),
+        Change {
+            begin: "beginning the release transaction",
+            update: "releasing dead events",
+            commit: "committing the release",
+        },
+    )
+    .await
 }
 
 /// Deletes published rows older than `older_than` (by `published_at`), in
@@ -475,13 +461,39 @@ pub async fn purge_published(
     Ok(total)
 }
 
-async fn notify(conn: &mut sqlx::PgConnection, names: &Names) -> Result<(), AdminError> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(&names.channel)
-        .execute(conn)
+/// What the steps of an operator's change to dead events are called in
+/// its errors.
+struct Change {
+    begin: &'static str,
+    update: &'static str,
+    commit: &'static str,
+}
+
+/// Runs `update`, a statement over dead events, in a transaction of its
+/// own that also wakes the relays when it changed rows (they deliver what
+/// it made pending, or what waited behind what it released). Returns the
+/// rows changed.
+async fn change_dead_events(
+    pool: &PgPool,
+    names: &Names,
+    update: Query<'_, Postgres, PgArguments>,
+    change: Change,
+) -> Result<u64, AdminError> {
+    let mut tx = pool.begin().await.map_err(AdminError::db(change.begin))?;
+    let updated = update
+        .execute(&mut *tx)
         .await
-        .map_err(AdminError::db("waking the relays"))?;
-    Ok(())
+        .map_err(AdminError::db(change.update))?
+        .rows_affected();
+    if updated > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&names.channel)
+            .execute(&mut *tx)
+            .await
+            .map_err(AdminError::db("waking the relays"))?;
+    }
+    tx.commit().await.map_err(AdminError::db(change.commit))?;
+    Ok(updated)
 }
 
 #[cfg(test)]
