@@ -373,6 +373,21 @@ async fn holds_every_shard(pool: &PgPool, owner: Uuid, timeout: Duration) -> boo
     .await
 }
 
+/// The instance id relay process `a` logs at start, waited for up to 60 s.
+async fn logged_instance_id(a: &RelayProcess) -> Uuid {
+    let mut a_id = None;
+    let ready = wait_until(Duration::from_secs(60), || {
+        a_id = a.instance_id();
+        let done = a_id.is_some();
+        async move { done }
+    })
+    .await;
+    match (ready, a_id) {
+        (true, Some(id)) => id,
+        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
+    }
+}
+
 /// Relay A's leases taken by relay B after they expired, read once both
 /// are stopped.
 struct Takeover {
@@ -384,6 +399,23 @@ struct Takeover {
 }
 
 impl Takeover {
+    /// The first lease B took from A must have been taken between A's stop
+    /// and its continuation.
+    fn check_while_stopped(
+        &self,
+        stopped_at: DateTime<Utc>,
+        continued_at: DateTime<Utc>,
+        problems: &mut Vec<String>,
+    ) {
+        match self.first {
+            Some(at) if at > stopped_at && at < continued_at => {}
+            other => problems.push(format!(
+                "B did not take A's leases while A was stopped ({stopped_at} .. {continued_at}): \
+                 first takeover {other:?}"
+            )),
+        }
+    }
+
     async fn read(pool: &PgPool, a: Uuid, b: Uuid) -> Takeover {
         let (count, first) = takeovers(pool, a, b).await;
         let a_marks_after = match first {
@@ -462,6 +494,20 @@ struct RelaysAB {
 }
 
 impl Setup {
+    /// Relay A as a process of its own with batches of `batch`, the leases
+    /// of 6 s and the message timeout of 2 s of the relay fixture, and
+    /// `settings` after those.
+    fn relay_process(&self, batch: usize, settings: &[(&str, &str)]) -> RelayProcess {
+        let batch = batch.to_string();
+        let mut all = vec![
+            ("OUTBOX_BATCH_SIZE", batch.as_str()),
+            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
+            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
+        ];
+        all.extend_from_slice(settings);
+        RelayProcess::start(&self.db.url, &self.bootstrap, &self.prefix, &all)
+    }
+
     async fn new(label: &str) -> Setup {
         init_logs();
         let prefix = support::unique(&format!("fence-{label}"));
@@ -1007,34 +1053,14 @@ async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_
     let mut problems = Vec::new();
 
     let mut committed = publish(s.outbox.clone(), 0..BACKLOG_PER_AGGREGATE, 2, None).await;
-    let batch = BATCH.to_string();
-    let mut a = RelayProcess::start(
-        &s.db.url,
-        &s.bootstrap,
-        &s.prefix,
-        &[
-            ("OUTBOX_BATCH_SIZE", batch.as_str()),
-            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
-            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
-        ],
-    );
+    let mut a = s.relay_process(BATCH, &[]);
     let writer = tokio::spawn(publish(
         s.outbox.clone(),
         BACKLOG_PER_AGGREGATE..BACKLOG_PER_AGGREGATE + STREAM_PER_AGGREGATE,
         1,
         Some(Duration::from_millis(250)),
     ));
-    let mut a_id = None;
-    let ready = wait_until(Duration::from_secs(60), || {
-        a_id = a.instance_id();
-        let done = a_id.is_some();
-        async move { done }
-    })
-    .await;
-    let a_id = match (ready, a_id) {
-        (true, Some(id)) => id,
-        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
-    };
+    let a_id = logged_instance_id(&a).await;
     let b = s.relay(s.config(BATCH, TTL)).await;
     let b_id = b.instance_id();
 
@@ -1065,13 +1091,7 @@ async fn a_relay_process_stopped_past_its_lease_ttl_and_continued_marks_nothing_
     stop_relay(b, "B", &mut problems).await;
 
     let takeover = Takeover::read(&s.db.pool, a_id, b_id).await;
-    match takeover.first {
-        Some(at) if at > stopped_at && at < continued_at => {}
-        other => problems.push(format!(
-            "B did not take A's leases while A was stopped ({stopped_at} .. {continued_at}): \
-             first takeover {other:?}"
-        )),
-    }
+    takeover.check_while_stopped(stopped_at, continued_at, &mut problems);
     let a_marks_before_rebalance: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM fence_audit_mark
          WHERE app = $1 AND at > $2
@@ -1320,29 +1340,8 @@ async fn a_relay_process_that_takes_its_shards_back_after_a_stop_drops_what_it_c
     let mut problems = Vec::new();
 
     let committed = publish(s.outbox.clone(), 0..BACKLOG_PER_AGGREGATE, 2, None).await;
-    let batch = BATCH.to_string();
-    let mut a = RelayProcess::start(
-        &s.db.url,
-        &s.bootstrap,
-        &s.prefix,
-        &[
-            ("OUTBOX_BATCH_SIZE", batch.as_str()),
-            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
-            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
-            ("RUST_LOG", LOOP_AT_DEBUG),
-        ],
-    );
-    let mut a_id = None;
-    let ready = wait_until(Duration::from_secs(60), || {
-        a_id = a.instance_id();
-        let done = a_id.is_some();
-        async move { done }
-    })
-    .await;
-    let a_id = match (ready, a_id) {
-        (true, Some(id)) => id,
-        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
-    };
+    let mut a = s.relay_process(BATCH, &[("RUST_LOG", LOOP_AT_DEBUG)]);
+    let a_id = logged_instance_id(&a).await;
 
     // (line of A's log at the stop, the highest seq B delivered meanwhile)
     let mut stops: Vec<(usize, i64)> = Vec::new();
@@ -1593,28 +1592,8 @@ async fn a_relay_process_paused_inside_its_lease_transaction_does_not_keep_its_s
     let mut problems = Vec::new();
 
     let mut committed = publish(s.outbox.clone(), 0..BACKLOG_PER_AGGREGATE, 2, None).await;
-    let batch = BATCH.to_string();
-    let mut a = RelayProcess::start(
-        &s.db.url,
-        &s.bootstrap,
-        &s.prefix,
-        &[
-            ("OUTBOX_BATCH_SIZE", batch.as_str()),
-            ("OUTBOX_LEASE_TTL_SECONDS", "6"),
-            ("OUTBOX_MESSAGE_TIMEOUT_SECONDS", "2"),
-        ],
-    );
-    let mut a_id = None;
-    let ready = wait_until(Duration::from_secs(60), || {
-        a_id = a.instance_id();
-        let done = a_id.is_some();
-        async move { done }
-    })
-    .await;
-    let a_id = match (ready, a_id) {
-        (true, Some(id)) => id,
-        _ => panic!("relay A did not log its instance id:\n{}", a.log()),
-    };
+    let mut a = s.relay_process(BATCH, &[]);
+    let a_id = logged_instance_id(&a).await;
     if !holds_every_shard(&pool, a_id, Duration::from_secs(20)).await {
         problems.push("A did not hold every shard within 20 s of starting".into());
     }
@@ -1740,13 +1719,7 @@ async fn a_relay_process_paused_inside_its_lease_transaction_does_not_keep_its_s
     stop_relay(b, "B", &mut problems).await;
 
     let takeover = Takeover::read(&pool, a_id, b_id).await;
-    match takeover.first {
-        Some(at) if at > stopped_at && at < continued_at => {}
-        other => problems.push(format!(
-            "B did not take A's leases while A was stopped ({stopped_at} .. {continued_at}): \
-             first takeover {other:?}"
-        )),
-    }
+    takeover.check_while_stopped(stopped_at, continued_at, &mut problems);
     let (tally, a_log) = s
         .conclude(&committed, &consumed, a_id, || a.log(), &mut problems)
         .await;
