@@ -564,7 +564,7 @@ async fn e2e(env: &Env, sizes: &Sizes, path: Path) -> Result<Latencies, BoxError
             for i in 0..(total / 4) {
                 tick.tick().await;
                 let e = event(w, i as i64);
-                if producer.is_none() || path == Path::CommitThenProduce {
+                if path != Path::RawProduce {
                     let mut tx = outbox.transactional_publish().await?;
                     tx.publish(&e).await?;
                     tx.commit().await?;
